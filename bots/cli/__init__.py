@@ -1,0 +1,39 @@
+"""The `toonify` command line: the root app and its command groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bots.cli import bench, config, models, quota, run
+
+app = typer.Typer(
+    name="toonify",
+    help="toonify-bot: turn selfies into their cartoon twins, on Telegram and Discord.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback()
+def main(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="TOONIFY_CONFIG",
+            help="Configuration file (default: ./config.toml when present).",
+        ),
+    ] = None,
+) -> None:
+    """Every command reads the configuration named here; TOONIFY_* variables override it."""
+
+
+app.add_typer(config.app, name="config")
+app.add_typer(models.app, name="models")
+app.add_typer(quota.app, name="quota")
+app.add_typer(bench.app, name="bench")
+app.command("run")(run.run)

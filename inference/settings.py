@@ -1,0 +1,64 @@
+"""Configuration sections owned by the inference side (models, faces, inversion, worker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are typos, so they are refused."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelsSettings(Section):
+    dir: Path = Path("models")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    face: str = "ffhq"
+    perceptual: str = "vgg16.pt"
+
+
+class StyleSettings(Section):
+    label: str = ""
+    model: str
+    strengths: list[PositiveInt] = Field(default_factory=lambda: [8, 16, 32, 64])
+    default_strength: PositiveInt = 32
+    blend_width: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check_strengths(self) -> StyleSettings:
+        for r in self.strengths:
+            if r < 4 or r & (r - 1):
+                raise ValueError(f"strength {r} is not a power of two >= 4")
+        if self.default_strength not in self.strengths:
+            raise ValueError(f"default_strength {self.default_strength} is not in strengths")
+        return self
+
+
+class FacesSettings(Section):
+    backend: Literal["auto", "face-alignment", "dlib"] = "auto"
+    max_faces: PositiveInt = 4
+    min_size: PositiveInt = 64
+
+
+class LimitsSettings(Section):
+    max_bytes: PositiveInt = 20_000_000
+    max_pixels: PositiveInt = 40_000_000
+
+
+class InvertSettings(Section):
+    method: Literal["optimize", "encoder", "encoder+optimize"] = "optimize"
+    steps: PositiveInt = 300
+    loss: Literal["perceptual", "pixel"] = "perceptual"
+
+
+class WorkerSettings(Section):
+    queue_size: PositiveInt = 32
+    max_batch: PositiveInt = 1
+    job_timeout: float = Field(300.0, gt=0)
+    cache_size: PositiveInt = 256
+    cache_ttl: float = Field(3600.0, gt=0)
