@@ -121,6 +121,8 @@ class Worker:
 
     async def prepare(self, image: bytes) -> Any:
         """Decode, detect and align on a CPU thread of its own: refusals come before the queue."""
+        if not self._accepting:
+            raise ShuttingDown
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._prepare_thread, self._engine.prepare, image)
 
