@@ -109,3 +109,37 @@ def admin_done(action: str, target: str, value: int | None = None) -> str:
     if action == "quota":
         return f"{target}: daily quota set to {value}."
     return f"{target}: {action} done."
+
+
+# ---- Discord (bots/discord_bot.py): commands, buttons and prompts -------------------------
+
+LESS_TOON = "Less toon"
+MORE_TOON = "More toon"
+DISCORD_DELETE = "Delete"
+DISCORD_STYLE_PLACEHOLDER = "Try another style"
+DISCORD_HELP = (
+    "Send me a selfie right here and I'll send back your cartoon twin. In a server, use "
+    "/toonify with a photo, or Apps > Toonify on any message with one. Every face in the "
+    "photo gets toonified; the buttons under the result change it.\n" + PRIVACY
+)
+DISCORD_NO_IMAGE = "That message has no image. Use Toonify on a message with a photo attached."
+DISCORD_DOWNLOAD_FAILED = "I couldn't download that image from Discord. Please try again."
+DISCORD_DELETE_NOT_YOURS = "Only the person who asked for this toon can delete it."
+# Command and option descriptions (Discord allows 100 characters).
+DISCORD_TOONIFY = "Turn every face in a photo into a cartoon"
+DISCORD_IMAGE = "A photo with at least one face"
+DISCORD_STYLE = "The cartoon style"
+DISCORD_STRENGTH = "Lower keeps your face shape, higher draws more cartoon structure"
+DISCORD_ADMIN = "Toonify quotas and bans"
+DISCORD_ADMIN_QUOTA = "Set a user's daily toons (bot admins)"
+DISCORD_ADMIN_SERVER_QUOTA = "Set the daily toons of this server's members (server managers)"
+DISCORD_ADMIN_BAN = "Stop a user from using the bot (bot admins)"
+DISCORD_ADMIN_UNBAN = "Let a banned user use the bot again (bot admins)"
+DISCORD_ADMIN_STATS = "Usage today and this week (bot admins)"
+DISCORD_ADMIN_USER = "The user"
+DISCORD_ADMIN_DAILY = "Toons per day"
+
+
+def discord_bad_strength(strength: int, style: str, strengths: list[int]) -> str:
+    offered = ", ".join(str(s) for s in strengths)
+    return f"{style} has no strength {strength}. Pick one of {offered}."

@@ -29,6 +29,7 @@ from PIL import Image
 
 API_PREFIX = "/api/v10"
 ATTACHMENT_LIMIT = 25 * 1024 * 1024
+HEARTBEAT_ACK_DELAY = 0.05
 EPHEMERAL = 1 << 6
 LOADING = 1 << 7
 # Gateway intents that decide which message events a bot receives.
@@ -515,13 +516,15 @@ class FakeDiscord:
 
         Option values may be attachments from `attachment()`, FakeUsers, str, int, float or
         bool. Like Discord's client, this refuses commands that were not synced or that the
-        member may not see (unless a server admin opened them up: `bypass_permissions`).
+        member may not see (unless a server admin opened them up: `bypass_permissions`), and
+        options the command does not declare, lacks, or whose value is not among its choices.
         """
         name, *sub = command.split()
         synced = self._find_command(name, CHAT_INPUT, in_dm=in_dm)
         self._check_visible(synced, user, in_dm=in_dm, bypass=bypass_permissions)
         resolved: dict[str, dict[str, Any]] = {}
         built = [self._option(k, v, resolved) for k, v in (options or {}).items()]
+        _check_options(synced, sub, built)
         for subcommand in reversed(sub):
             built = [{"type": 1, "name": subcommand, "options": built}]
         data: dict[str, Any] = {
@@ -629,6 +632,9 @@ class FakeDiscord:
         op, data = message.get("op"), message.get("d")
         if op == 1:
             self.heartbeats += 1
+            # A real network's latency: an instant ACK races discord.py's keep-alive thread,
+            # which then warns that it "can't keep up".
+            await asyncio.sleep(HEARTBEAT_ACK_DELAY)
             await self._send(ws, {"op": 11})
         elif op == 2:
             if data["token"] != self.token:
@@ -921,6 +927,8 @@ class FakeDiscord:
                 "description": command.get("description", ""),
                 "options": command.get("options", []),
             }
+            if command.get("default_member_permissions") is not None:
+                entry["default_member_permissions"] = str(command["default_member_permissions"])
             if scope is not None:
                 entry["guild_id"] = str(scope)
             synced.append(entry)
@@ -1021,7 +1029,7 @@ class FakeDiscord:
             self._apply_edit(original, request.payload, request.files, new=True)
             message = original
         else:
-            message = self._new_response(interaction, request.payload, request.files, first=False)
+            message = self._new_response(interaction, request.payload, request.files)
             interaction.followup_ids.append(message.id)
         if not message.ephemeral:
             await self._message_event(message)
@@ -1202,6 +1210,34 @@ def _validate_command(command: Mapping[str, Any]) -> None:
             raise FakeError(400, 50035, f"Invalid Form Body: too many choices in {name!r}")
         if option["type"] in (1, 2):
             _validate_command({**option, "type": CHAT_INPUT})
+
+
+def _check_options(
+    command: Mapping[str, Any], path: list[str], given: list[dict[str, Any]]
+) -> None:
+    """What Discord's client enforces before a slash command is sent."""
+    declared = command.get("options") or []
+    for name in path:
+        found = next((o for o in declared if o["name"] == name and o["type"] in (1, 2)), None)
+        if found is None:
+            raise LookupError(f"{command['name']!r} has no subcommand {name!r}")
+        declared = found.get("options") or []
+    by_name = {o["name"]: o for o in declared}
+    for option in given:
+        spec = by_name.get(option["name"])
+        if spec is None or spec["type"] != option["type"]:
+            raise LookupError(f"no {option['name']!r} option of type {option['type']}")
+        choices = spec.get("choices")
+        if choices and option["value"] not in [c["value"] for c in choices]:
+            raise LookupError(f"{option['value']!r} is not a choice of {option['name']!r}")
+        low, high = spec.get("min_value"), spec.get("max_value")
+        if (low is not None and option["value"] < low) or (
+            high is not None and option["value"] > high
+        ):
+            raise LookupError(f"{option['value']!r} is out of range for {option['name']!r}")
+    missing = {o["name"] for o in declared if o.get("required")} - {o["name"] for o in given}
+    if missing:
+        raise LookupError(f"required options missing: {sorted(missing)}")
 
 
 def _validate_components(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
