@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import aiohttp
 import discord
 import yarl
 from discord import app_commands
+from PIL import Image
 
 from bots import texts
 from bots.config import DiscordSettings, Settings
@@ -34,6 +36,7 @@ DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=60)
 DOWNLOAD_CHUNK = 64 * 1024
 MESSAGE_LIMIT = 2000
 MAX_DAILY = 100_000
+SHRUNK_QUALITY = 90
 PING_USERS = discord.AllowedMentions(everyone=False, roles=False, users=True)
 # Command annotations are resolved from module globals (they are strings here).
 Daily = app_commands.Range[int, 0, MAX_DAILY]
@@ -65,8 +68,35 @@ def _clip(text: str) -> str:
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
 
 
-def _file(toon: Toon) -> discord.File:
-    return discord.File(io.BytesIO(toon.image), filename=toon.filename)
+def internal_error(what: str, exc: BaseException) -> Refused:
+    """A failure of ours: logged with a short id that the user can quote to an admin."""
+    error_id = secrets.token_hex(4)
+    log.error("discord %s failed (error %s)", what, error_id, exc_info=exc)
+    return Refused(RefusalKind.INTERNAL, texts.internal_error(error_id), error_id)
+
+
+def shrink_jpeg(image: bytes, limit: int) -> bytes:
+    """Scale a JPEG down until it fits in `limit` bytes (Discord refuses bigger uploads)."""
+    size = len(image)
+    with Image.open(io.BytesIO(image)) as opened:
+        photo = opened.convert("RGB")
+    while size > limit:
+        scale = math.sqrt(limit / size) * 0.9
+        photo = photo.resize(
+            (max(1, int(photo.width * scale)), max(1, int(photo.height * scale))),
+            Image.Resampling.LANCZOS,
+        )
+        out = io.BytesIO()
+        photo.save(out, "JPEG", quality=SHRUNK_QUALITY)
+        image, size = out.getvalue(), out.tell()
+    return image
+
+
+async def _file(toon: Toon, limit: int) -> discord.File:
+    image = toon.image
+    if len(image) > limit:
+        image = await asyncio.to_thread(shrink_jpeg, image, limit)
+    return discord.File(io.BytesIO(image), filename=toon.filename)
 
 
 def _caption(toon: Toon, owner_id: int, *, in_server: bool) -> str:
@@ -253,13 +283,20 @@ class _InteractionReply:
             if self._interaction.is_expired():
                 await self._channel_reply().deliver(toon)
                 return
-            await self._interaction.followup.send(
-                _caption(toon, self._owner_id, in_server=self._interaction.guild_id is not None),
-                file=_file(toon),
-                view=Controls.of(toon, self._owner_id).view(),
-                allowed_mentions=PING_USERS,
-                wait=True,
-            )
+            try:
+                await self._interaction.followup.send(
+                    _caption(
+                        toon, self._owner_id, in_server=self._interaction.guild_id is not None
+                    ),
+                    file=await _file(toon, self._interaction.filesize_limit),
+                    view=Controls.of(toon, self._owner_id).view(),
+                    allowed_mentions=PING_USERS,
+                    wait=True,
+                )
+            except discord.HTTPException as exc:
+                error = internal_error("delivery", exc)
+                await self._interaction.edit_original_response(content=error.text)
+                return
             await self._interaction.delete_original_response()
 
     async def fail(self, error: Refused) -> None:
@@ -302,10 +339,8 @@ class _ChannelReply:
         self._lock = asyncio.Lock()
         self._finished = False
 
-    async def _send(self, channel: discord.abc.Messageable, text: str) -> discord.Message:
-        if self._reference is None:
-            return await channel.send(_clip(text))
-        return await channel.send(_clip(text), reference=self._reference)
+    def _replying(self) -> dict[str, Any]:
+        return {"reference": self._reference} if self._reference is not None else {}
 
     async def progress(self, text: str) -> None:
         if not self._private:
@@ -314,20 +349,19 @@ class _ChannelReply:
             if self._finished:
                 return
             if self._status is None:
-                self._status = await self._send(self._channel, text)
+                self._status = await self._channel.send(_clip(text), **self._replying())
             else:
                 await self._status.edit(content=_clip(text))
 
     async def deliver(self, toon: Toon) -> None:
         async with self._lock:
             self._finished = True
-            kwargs: dict[str, Any] = {"reference": self._reference} if self._reference else {}
             await self._channel.send(
                 _caption(toon, self._owner_id, in_server=not self._private),
-                file=_file(toon),
+                file=await _file(toon, discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES),
                 view=Controls.of(toon, self._owner_id).view(),
                 allowed_mentions=PING_USERS,
-                **kwargs,
+                **self._replying(),
             )
             if self._status is not None:
                 await self._status.delete()
@@ -338,7 +372,7 @@ class _ChannelReply:
             if self._status is not None:
                 await self._status.edit(content=_clip(error.text))
             elif self._private:
-                await self._send(self._channel, error.text)
+                await self._channel.send(_clip(error.text), **self._replying())
             else:
                 dm = await self._bot.create_dm(discord.Object(self._owner_id))
                 await dm.send(_clip(error.text))
@@ -347,23 +381,28 @@ class _ChannelReply:
 class _RerenderReply:
     """Answers a button or the style menu by editing the toon's message in place."""
 
-    def __init__(self, interaction: discord.Interaction, owner_id: int) -> None:
+    def __init__(self, interaction: discord.Interaction, controls: Controls | None) -> None:
         self._interaction = interaction
-        self._owner_id = owner_id
+        self._controls = controls
 
     async def progress(self, text: str) -> None:
         """Re-renders are short; the disabled buttons already say one is running."""
 
     async def deliver(self, toon: Toon) -> None:
-        await self._interaction.edit_original_response(
-            content=_caption(
-                toon, self._owner_id, in_server=self._interaction.guild_id is not None
-            ),
-            attachments=[_file(toon)],
-            view=Controls.of(toon, self._owner_id).view(),
-        )
+        owner_id = self._interaction.user.id
+        try:
+            await self._interaction.edit_original_response(
+                content=_caption(toon, owner_id, in_server=self._interaction.guild_id is not None),
+                attachments=[await _file(toon, self._interaction.filesize_limit)],
+                view=Controls.of(toon, owner_id).view(),
+            )
+        except discord.HTTPException as exc:
+            await self.fail(internal_error("re-render delivery", exc))
 
     async def fail(self, error: Refused) -> None:
+        """Buttons usable again, and a note only the requester sees."""
+        if self._controls is not None:
+            await self._interaction.edit_original_response(view=self._controls.view())
         await self._interaction.followup.send(_clip(error.text), ephemeral=True)
 
 
@@ -508,12 +547,6 @@ class DiscordBot(discord.Client):
             is_admin=user.id in self._settings.admins if is_admin is None else is_admin,
         )
 
-    def _internal(self, what: str, exc: BaseException) -> Refused:
-        """A failure of ours: logged with a short id the user can quote."""
-        error_id = secrets.token_hex(4)
-        log.error("discord %s failed (error %s)", what, error_id, exc_info=exc)
-        return Refused(RefusalKind.INTERNAL, texts.internal_error(error_id), error_id)
-
     def _check_options(self, style: str | None, strength: int | None) -> None:
         info = self._config.styles[style or self._config.style]
         if strength is not None and strength not in info.strengths:
@@ -598,7 +631,7 @@ class DiscordBot(discord.Client):
         except Refused:
             raise
         except Exception as exc:
-            raise self._internal("toonify", exc) from None
+            raise internal_error("toonify", exc) from None
 
     async def _download(self, url: str) -> bytes:
         """Fetch an attachment from an allowed host, refusing it once past the size limit."""
@@ -643,15 +676,11 @@ class DiscordBot(discord.Client):
         else:
             await interaction.response.edit_message(view=controls.view(busy=True))
         who = self._requester(interaction.user, interaction.guild_id)
+        reply = _RerenderReply(interaction, controls)
         try:
-            await self._service.rerender(
-                who, result_id, _RerenderReply(interaction, owner_id), change=change
-            )
+            await self._service.rerender(who, result_id, reply, change=change)
         except Exception as exc:
-            refused = exc if isinstance(exc, Refused) else self._internal("re-render", exc)
-            if controls is not None:
-                await interaction.edit_original_response(view=controls.view())
-            await interaction.followup.send(_clip(refused.text), ephemeral=True)
+            await reply.fail(exc if isinstance(exc, Refused) else internal_error("re-render", exc))
 
     # -- admin -------------------------------------------------------------------------------
 
@@ -669,13 +698,13 @@ class DiscordBot(discord.Client):
         except Refused as refused:
             text = refused.text
         except Exception as exc:
-            text = self._internal(f"admin {action}", exc).text
+            text = internal_error(f"admin {action}", exc).text
         await interaction.edit_original_response(content=_clip(text))
 
     async def _on_command_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
-        text = self._internal("command", error).text
+        text = internal_error("command", error).text
         try:
             if interaction.response.is_done():
                 await interaction.followup.send(text, ephemeral=True)

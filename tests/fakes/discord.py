@@ -28,7 +28,8 @@ from aiohttp import BodyPartReader, WSMsgType, web
 from PIL import Image
 
 API_PREFIX = "/api/v10"
-ATTACHMENT_LIMIT = 25 * 1024 * 1024
+# Discord's upload limit outside boosted servers (discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES).
+UPLOAD_LIMIT = 10 * 1024 * 1024
 HEARTBEAT_ACK_DELAY = 0.05
 EPHEMERAL = 1 << 6
 LOADING = 1 << 7
@@ -257,6 +258,7 @@ class FakeDiscord:
         self.token = token
         self.heartbeat_ms = heartbeat_ms
         self.ack_deadline = 3.0
+        self.upload_limit = UPLOAD_LIMIT
         self.app_id = snowflake()
         self.bot = FakeUser(snowflake(), "toonify", bot=True)
         self.owner = FakeUser(snowflake(), "owner", permissions=MEMBER | MANAGE_GUILD)
@@ -798,7 +800,7 @@ class FakeDiscord:
             "token": token,
             "version": 1,
             "locale": "en-US",
-            "attachment_size_limit": ATTACHMENT_LIMIT,
+            "attachment_size_limit": self.upload_limit,
             "app_permissions": str(MEMBER),
             "entitlements": [],
         }
@@ -1147,7 +1149,7 @@ class FakeDiscord:
         if "attachments" in data:
             wanted = {str(a["id"]) for a in data.get("attachments") or []}
             kept = [a for a in message.attachments if a["id"] in wanted]
-        if any(len(upload.data) > ATTACHMENT_LIMIT for upload in files):
+        if any(len(upload.data) > self.upload_limit for upload in files):
             raise FakeError(413, 40005, "Request entity too large")
         if len(content) > 2000:
             raise FakeError(400, 50035, "Invalid Form Body: content longer than 2000")
