@@ -28,6 +28,7 @@ class EchoClient(discord.Client):
         self.tree = app_commands.CommandTree(self)
         self.tree.command(name="echo", description="Send the image back")(self._echo)
         self.tree.command(name="secret", description="Try to whisper")(self._secret)
+        self.tree.command(name="slow", description="Answer late")(self._slow)
 
     async def setup_hook(self) -> None:
         await self.tree.sync()
@@ -40,6 +41,10 @@ class EchoClient(discord.Client):
     async def _secret(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(thinking=True)
         await interaction.followup.send("psst", ephemeral=True)
+
+    async def _slow(self, interaction: discord.Interaction) -> None:
+        await asyncio.sleep(0.2)
+        await interaction.response.defer()
 
     async def on_message(self, message: discord.Message) -> None:
         if message.author.bot or not message.attachments:
@@ -69,7 +74,7 @@ async def test_connects_and_syncs(fake: FakeDiscord, client: EchoClient) -> None
     assert fake.identify is not None
     assert fake.identify["intents"] == discord.Intents.default().value
     assert "compress=zlib-stream" in fake.gateway_urls[0]
-    assert {c["name"] for c in fake.commands[None]} == {"echo", "secret"}
+    assert {c["name"] for c in fake.commands[None]} == {"echo", "secret", "slow"}
     assert client.application_id == fake.app_id
 
 
@@ -133,3 +138,25 @@ async def test_commands_hidden_from_members_without_permission(
     name = fake.commands[None][0]["name"]
     with pytest.raises(PermissionError):
         await fake.slash_command(name, user=fake.add_user("eve"))
+
+
+async def test_acknowledging_too_late_fails_like_discord(
+    fake: FakeDiscord, client: EchoClient
+) -> None:
+    fake.ack_deadline = 0.1
+    await fake.slash_command("slow", user=fake.add_user("finn"))
+
+    late = await fake.wait_for_call("callback")
+    assert (late.status, late.reply["code"]) == (404, 10062)
+
+
+async def test_options_are_checked_like_discords_client(
+    fake: FakeDiscord, client: EchoClient
+) -> None:
+    user = fake.add_user("gus")
+    with pytest.raises(LookupError, match="required"):
+        await fake.slash_command("echo", user=user)
+    with pytest.raises(LookupError, match="no 'colour'"):
+        await fake.slash_command("secret", {"colour": "red"}, user=user)
+    with pytest.raises(LookupError, match="not synced"):
+        await fake.slash_command("missing", user=user)
