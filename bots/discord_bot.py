@@ -496,7 +496,9 @@ class DiscordBot(discord.Client):
             await self._toonify(interaction, attachment, None, None, source=message)
 
         self.tree.add_command(toonify)
-        self.tree.add_command(app_commands.ContextMenu(name="Toonify", callback=toonify_message))
+        self.tree.add_command(
+            app_commands.ContextMenu(name=texts.DISCORD_MENU, callback=toonify_message)
+        )
         self.tree.add_command(self._admin_commands())
 
     def _admin_commands(self) -> app_commands.Group:

@@ -126,6 +126,7 @@ DISCORD_NO_IMAGE = "That message has no image. Use Toonify on a message with a p
 DISCORD_DOWNLOAD_FAILED = "I couldn't download that image from Discord. Please try again."
 DISCORD_DELETE_NOT_YOURS = "Only the person who asked for this toon can delete it."
 # Command and option descriptions (Discord allows 100 characters).
+DISCORD_MENU = "Toonify"
 DISCORD_TOONIFY = "Turn every face in a photo into a cartoon"
 DISCORD_IMAGE = "A photo with at least one face"
 DISCORD_STYLE = "The cartoon style"
