@@ -4,7 +4,7 @@ Knows no chat platform and no torch: users are `UserRef(platform, id)` and chat 
 opaque JSON the adapters store with each job.
 """
 
-from storage.admin import UserQuota
+from storage.admin import UserQuota, parse_quota
 from storage.clock import Clock, utc_now
 from storage.engine import create_engine
 from storage.errors import (
@@ -64,6 +64,7 @@ __all__ = [
     "create_engine",
     "describe_allowance",
     "humanize_duration",
+    "parse_quota",
     "upgrade",
     "utc_now",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, desc, func, insert, select, update
@@ -36,6 +36,21 @@ UserQuota = int | Literal["unlimited", "default"]
 DETAIL_LENGTH = 512
 
 
+USER_WORDS = ("unlimited", "default")
+GROUP_WORDS = ("default",)
+
+
+def parse_quota(text: str) -> UserQuota:
+    """Read a quota as an admin types it: a number, 'unlimited' or 'default'."""
+    word = text.strip().lower()
+    if word in USER_WORDS:
+        return cast(UserQuota, word)
+    try:
+        return _checked(int(word), USER_WORDS)
+    except ValueError:
+        raise InvalidQuotaError(text, USER_WORDS) from None
+
+
 def _checked(daily: object, words: tuple[str, ...]) -> Any:
     if isinstance(daily, str) and daily in words:
         return daily
@@ -62,7 +77,7 @@ class Admin:
 
     async def set_quota(self, user: UserRef, daily: UserQuota, *, actor: str) -> QuotaStatus:
         """Override a user's daily quota; InvalidQuotaError for anything but n >= 0 or the words."""
-        daily = _checked(daily, ("unlimited", "default"))
+        daily = _checked(daily, USER_WORDS)
         values = {
             "unlimited": daily == "unlimited",
             "daily_limit": daily if isinstance(daily, int) else None,
@@ -101,11 +116,10 @@ class Admin:
         async with self._sessions.begin() as session:
             return await session.scalar(query)
 
-    async def set_group_quota(
-        self, group: GroupRef, daily: int | Literal["default"], *, actor: str
-    ) -> None:
-        """Default quota for requests made in `group` (user overrides still win)."""
-        daily = _checked(daily, ("default",))
+    async def set_group_quota(self, group: GroupRef, daily: UserQuota, *, actor: str) -> None:
+        """Default quota for requests made in `group` (user overrides still win); a number or
+        "default" (InvalidQuotaError for "unlimited": grant that per user)."""
+        daily = _checked(daily, GROUP_WORDS)
         key = {"platform": group.platform, "group_id": group.id}
         async with self._sessions.begin() as session:
             await session.execute(delete(GroupQuota).filter_by(**key))

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, case, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Update, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.clock import Clock, DailyWindow
@@ -30,7 +30,7 @@ from storage.records import (
     UserRef,
 )
 from storage.settings import QuotaSettings
-from storage.users import ensure_user, find_user_id
+from storage.users import NAME_LENGTH, by_ref, create_user
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -69,24 +69,24 @@ class Quotas:
         window = DailyWindow.at(now, self._zone)
         used_today = case((User.window_day == window.day, User.used), else_=0)
         async with self._sessions.begin() as session:
-            user_id = await ensure_user(session, job.user, job.display_name, now)
             default = await self._default_limit(session, job.user.platform, job.group)
-            charged = await session.execute(
+            charge = (
                 update(User)
-                .where(User.id == user_id, *self._admissible(used_today, default, now))
+                .where(by_ref(job.user), *self._admissible(used_today, default, now))
                 .values(
                     window_day=window.day,
                     used=used_today + 1,
                     in_flight=User.in_flight + 1,
                     last_request_at=now,
+                    **_renamed(job),
                 )
-                .returning(User.used, User.daily_limit, User.unlimited)
+                .returning(User.id, User.used, User.daily_limit, User.unlimited)
                 .execution_options(synchronize_session=False)
             )
-            row = charged.one_or_none()
+            row = await _gate(session, charge, job, now)
             if row is None:
-                return await self._refusal(session, user_id, default, window, now)
-            job_id = await _add_job(session, user_id, JobKind.TOON, job, window, now)
+                return await self._refusal(session, job.user, default, window, now)
+            job_id = await _add_job(session, row.id, JobKind.TOON, job, window, now)
             limit = effective_limit(row.unlimited, row.daily_limit, default)
             return Admitted(job_id, allowance(limit, row.used, window, now))
 
@@ -117,12 +117,11 @@ class Quotas:
         interval = RATE_PERIOD / self._policy.rerenders_per_minute
         latest_allowed = clock + RATE_PERIOD - interval
         async with self._sessions.begin() as session:
-            user_id = await ensure_user(session, job.user, job.display_name, now)
             default = await self._default_limit(session, job.user.platform, job.group)
-            counted = await session.execute(
+            count = (
                 update(User)
                 .where(
-                    User.id == user_id,
+                    by_ref(job.user),
                     ~User.banned,
                     or_(User.rerender_tat.is_(None), User.rerender_tat <= latest_allowed),
                 )
@@ -131,15 +130,17 @@ class Quotas:
                         (or_(User.rerender_tat.is_(None), User.rerender_tat < clock), clock),
                         else_=User.rerender_tat,
                     )
-                    + interval
+                    + interval,
+                    **_renamed(job),
                 )
                 .returning(User.id)
                 .execution_options(synchronize_session=False)
             )
-            if counted.one_or_none() is None:
-                return await self._refusal(session, user_id, default, window, now, latest_allowed)
-            job_id = await _add_job(session, user_id, JobKind.RERENDER, job, window, now)
-            state = await _state(session, user_id)
+            row = await _gate(session, count, job, now)
+            if row is None:
+                return await self._refusal(session, job.user, default, window, now, latest_allowed)
+            job_id = await _add_job(session, row.id, JobKind.RERENDER, job, window, now)
+            state = await _state(session, job.user)
             return Admitted(job_id, self._allowance_of(state, default, window, now))
 
     async def refund(self, job_id: str) -> bool:
@@ -153,10 +154,10 @@ class Quotas:
         window = DailyWindow.at(now, self._zone)
         async with self._sessions.begin() as session:
             default = await self._default_limit(session, user.platform, group)
-            user_id = await find_user_id(session, user)
-            if user_id is None:
+            state = await _state(session, user)
+            if state is None:
                 return allowance(default, 0, window, now)
-            return self._allowance_of(await _state(session, user_id), default, window, now)
+            return self._allowance_of(state, default, window, now)
 
     async def _default_limit(self, session: AsyncSession, platform: str, group: str | None) -> int:
         if group is not None:
@@ -179,14 +180,14 @@ class Quotas:
     async def _refusal(
         self,
         session: AsyncSession,
-        user_id: int,
+        user: UserRef,
         default: int,
         window: DailyWindow,
         now: datetime,
         rerender_latest: float | None = None,
     ) -> Refused:
         """Why the conditional UPDATE matched nothing, most lasting reason first."""
-        state = await _state(session, user_id)
+        state = await _state(session, user)
         quota = self._allowance_of(state, default, window, now)
         if state.banned:
             return Refused(Refusal.BANNED, quota, None)
@@ -201,7 +202,20 @@ class Quotas:
         return Refused(Refusal.COOLDOWN, quota, cooldown_end - now)
 
 
-async def _state(session: AsyncSession, user_id: int) -> Any:
+async def _gate(session: AsyncSession, gate: Update, job: NewJob, now: datetime) -> Any:
+    """Run a conditional UPDATE of the user's row; on their first request, create it first."""
+    row = (await session.execute(gate)).one_or_none()
+    if row is None and await create_user(session, job.user, job.display_name, now):
+        row = (await session.execute(gate)).one_or_none()
+    return row
+
+
+def _renamed(job: NewJob) -> dict[str, str]:
+    """Keep the display name current without another statement."""
+    return {"display_name": job.display_name[:NAME_LENGTH]} if job.display_name else {}
+
+
+async def _state(session: AsyncSession, user: UserRef) -> Any:
     query = select(
         User.banned,
         User.unlimited,
@@ -211,8 +225,8 @@ async def _state(session: AsyncSession, user_id: int) -> Any:
         User.in_flight,
         User.last_request_at,
         User.rerender_tat,
-    ).where(User.id == user_id)
-    return (await session.execute(query)).one()
+    ).where(by_ref(user))
+    return (await session.execute(query)).one_or_none()
 
 
 async def _add_job(

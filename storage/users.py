@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, insert, select, update
+from sqlalchemy import ColumnElement, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,12 +15,13 @@ from storage.records import UserRef
 NAME_LENGTH = 128
 
 
-def _by_ref(user: UserRef) -> ColumnElement[bool]:
+def by_ref(user: UserRef) -> ColumnElement[bool]:
+    """The user's row, by its unique (platform, platform user id)."""
     return (User.platform == user.platform) & (User.platform_user_id == user.id)
 
 
 async def find_user_id(session: AsyncSession, user: UserRef) -> int | None:
-    return await session.scalar(select(User.id).where(_by_ref(user)))
+    return await session.scalar(select(User.id).where(by_ref(user)))
 
 
 async def known_user_id(session: AsyncSession, user: UserRef) -> int:
@@ -31,31 +32,21 @@ async def known_user_id(session: AsyncSession, user: UserRef) -> int:
     return found
 
 
-async def ensure_user(
+async def create_user(
     session: AsyncSession, user: UserRef, display_name: str, now: datetime
-) -> int:
-    """The row id of `user`, created on first sight; keeps the display name current."""
-    display_name = display_name[:NAME_LENGTH]
-    query = select(User.id, User.display_name).where(_by_ref(user))
-    found = (await session.execute(query)).one_or_none()
-    if found is None:
-        try:
-            async with session.begin_nested():
-                values = {
-                    "platform": user.platform,
-                    "platform_user_id": user.id,
-                    "display_name": display_name,
-                    "created_at": now,
-                }
-                return await session.scalar(insert(User).values(values).returning(User.id))
-        except IntegrityError:
-            # Another connection created the row first (possible outside SQLite).
-            found = (await session.execute(query)).one()
-    if display_name and display_name != found.display_name:
-        await session.execute(
-            update(User)
-            .where(User.id == found.id)
-            .values(display_name=display_name)
-            .execution_options(synchronize_session=False)
-        )
-    return found.id
+) -> bool:
+    """Insert the user's row unless it exists; True if this call created it."""
+    if await find_user_id(session, user) is not None:
+        return False
+    values = {
+        "platform": user.platform,
+        "platform_user_id": user.id,
+        "display_name": display_name[:NAME_LENGTH],
+        "created_at": now,
+    }
+    try:
+        async with session.begin_nested():
+            await session.execute(insert(User).values(values))
+    except IntegrityError:
+        return False  # another connection created it first (possible outside SQLite)
+    return True

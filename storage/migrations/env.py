@@ -25,6 +25,7 @@ def _migrate(connection: Connection) -> None:
         target_metadata=Base.metadata,
         render_as_batch=True,
         compare_type=True,
+        transactional_ddl=True,
         render_item=_render_item,
     )
     with context.begin_transaction():
