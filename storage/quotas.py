@@ -109,7 +109,7 @@ class Quotas:
     async def rerender(self, job: NewJob) -> Decision:
         """Queue a re-render if the user is within `rerenders_per_minute`; never charged.
 
-        A generic cell rate limit: a burst of N, then one every 60/N seconds.
+        The generic cell rate algorithm: a burst of N, then one every 60/N seconds.
         """
         now = self._clock()
         window = DailyWindow.at(now, self._zone)

@@ -35,7 +35,7 @@ async def known_user_id(session: AsyncSession, user: UserRef) -> int:
 async def create_user(
     session: AsyncSession, user: UserRef, display_name: str, now: datetime
 ) -> bool:
-    """Insert the user's row unless it exists; True if this call created it."""
+    """Insert the user's row unless it exists; True if it was missing (and now exists)."""
     if await find_user_id(session, user) is not None:
         return False
     values = {
@@ -48,5 +48,5 @@ async def create_user(
         async with session.begin_nested():
             await session.execute(insert(User).values(values))
     except IntegrityError:
-        return False  # another connection created it first (possible outside SQLite)
+        pass  # another connection created it meanwhile (possible outside SQLite)
     return True
