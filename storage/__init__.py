@@ -14,7 +14,6 @@ from storage.errors import (
     StorageError,
     UnknownUserError,
 )
-from storage.humanize import describe_allowance, humanize_duration
 from storage.migrate import upgrade
 from storage.records import (
     Admitted,
@@ -22,7 +21,6 @@ from storage.records import (
     AuditEntry,
     Decision,
     GroupRef,
-    JobKind,
     JobRecord,
     JobStatus,
     NewJob,
@@ -34,7 +32,7 @@ from storage.records import (
     UsageStats,
     UserRef,
 )
-from storage.store import Storage
+from storage.store import Store
 
 __all__ = [
     "AdminInputError",
@@ -46,7 +44,6 @@ __all__ = [
     "GroupRef",
     "InvalidQuotaError",
     "InvalidRefError",
-    "JobKind",
     "JobRecord",
     "JobStatus",
     "NewJob",
@@ -54,16 +51,14 @@ __all__ = [
     "QuotaStatus",
     "Refusal",
     "Refused",
-    "Storage",
     "StorageError",
+    "Store",
     "TopUser",
     "UnknownUserError",
     "UsageStats",
     "UserQuota",
     "UserRef",
     "create_engine",
-    "describe_allowance",
-    "humanize_duration",
     "parse_quota",
     "upgrade",
     "utc_now",

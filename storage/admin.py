@@ -18,7 +18,6 @@ from storage.records import (
     UNFINISHED,
     AuditEntry,
     GroupRef,
-    JobKind,
     JobStatus,
     PeriodStats,
     QuotaSource,
@@ -90,7 +89,7 @@ class Admin:
         today = DailyWindow.at(self._clock(), self._zone).day
         in_flight = (
             select(func.count(Job.id))
-            .where(Job.user_id == User.id, Job.kind == JobKind.TOON, Job.status.in_(UNFINISHED))
+            .where(Job.user_id == User.id, Job.status.in_(UNFINISHED))
             .scalar_subquery()
         )
         values = {
@@ -132,14 +131,14 @@ class Admin:
         today = DailyWindow.at(self._clock(), self._zone).day
         first = today - timedelta(days=6)
         period = select(
-            Job.day, Job.kind, Job.status, Job.refunded, Job.user_id, func.count().label("n")
+            Job.day, Job.status, Job.refunded, Job.user_id, func.count().label("n")
         ).where(Job.day >= first, Job.day <= today)
-        period = period.group_by(Job.day, Job.kind, Job.status, Job.refunded, Job.user_id)
+        period = period.group_by(Job.day, Job.status, Job.refunded, Job.user_id)
         toons = func.count(Job.id).label("toons")
         leaders = (
             select(User.platform, User.platform_user_id, User.display_name, toons)
             .join(Job, Job.user_id == User.id)
-            .where(Job.day >= first, Job.day <= today, Job.kind == JobKind.TOON, ~Job.refunded)
+            .where(Job.day >= first, Job.day <= today, ~Job.refunded)
             .group_by(User.id, User.platform, User.platform_user_id, User.display_name)
             .order_by(desc(toons), User.id)
             .limit(top)
@@ -222,13 +221,11 @@ class Admin:
 
 
 def _summary(rows: Iterable[Any]) -> PeriodStats:
-    counts = {"toons": 0, "rerenders": 0, "done": 0, "failed": 0, "cancelled": 0, "refunded": 0}
+    counts = {"toons": 0, "done": 0, "failed": 0, "cancelled": 0, "refunded": 0}
     users: set[int] = set()
     for row in rows:
         users.add(row.user_id)
-        if row.kind == JobKind.RERENDER:
-            counts["rerenders"] += row.n
-        elif row.refunded:
+        if row.refunded:
             counts["refunded"] += row.n
         else:
             counts["toons"] += row.n

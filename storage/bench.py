@@ -11,7 +11,7 @@ from pathlib import Path
 
 from storage.records import Admitted, NewJob, UserRef
 from storage.settings import QuotaSettings
-from storage.store import Storage
+from storage.store import Store
 
 # Generous enough that nothing is refused: the bench measures the statements, not the policy.
 _POLICY = QuotaSettings(daily=10**9, cooldown=0, max_in_flight=10**9)
@@ -29,7 +29,7 @@ class Rate:
         return statistics.median(self.per_second)
 
 
-async def _consume(storage: Storage, ops: int) -> list[str]:
+async def _consume(storage: Store, ops: int) -> list[str]:
     ids = []
     for _ in range(ops):
         decision = await storage.quotas.consume(_JOB)
@@ -38,24 +38,24 @@ async def _consume(storage: Storage, ops: int) -> list[str]:
     return ids
 
 
-async def _refund(storage: Storage, ids: list[str]) -> None:
+async def _refund(storage: Store, ids: list[str]) -> None:
     for job_id in ids:
         await storage.quotas.refund(job_id)
 
 
-async def _consume_and_fail(storage: Storage, ops: int) -> None:
+async def _consume_and_fail(storage: Store, ops: int) -> None:
     for _ in range(ops):
         decision = await storage.quotas.consume(_JOB)
         assert isinstance(decision, Admitted), decision
         await storage.jobs.mark_failed(decision.job_id, "bench", refund=True)
 
 
-async def _concurrent(storage: Storage, ops: int, tasks: int) -> None:
+async def _concurrent(storage: Store, ops: int, tasks: int) -> None:
     users = [NewJob(UserRef("bench", f"u{i}"), style="toon", strength=32) for i in range(tasks)]
     await asyncio.gather(*(storage.quotas.consume(users[i % tasks]) for i in range(ops)))
 
 
-async def _run(storage: Storage, ops: int, tasks: int) -> dict[str, float]:
+async def _run(storage: Store, ops: int, tasks: int) -> dict[str, float]:
     """One run: each operation `ops` times, in operations per second."""
     rates = {}
     start = time.perf_counter()
@@ -81,6 +81,6 @@ async def measure(ops: int, runs: int, tasks: int, folder: Path | None = None) -
     """
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         url = f"sqlite+aiosqlite:///{Path(scratch) / 'bench.db'}"
-        async with await Storage.open(url, _POLICY) as storage:
+        async with await Store.open(url, _POLICY) as storage:
             results = [await _run(storage, ops, tasks) for _ in range(runs)]
     return [Rate(name, [result[name] for result in results]) for name in results[0]]

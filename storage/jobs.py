@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Select, select, update
@@ -10,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage.clock import Clock
 from storage.models import Job, User
 from storage.quotas import Sessions, give_back
-from storage.records import UNFINISHED, JobKind, JobRecord, JobStatus, UserRef
+from storage.records import UNFINISHED, JobRecord, JobStatus, UserRef
 
 FAILURE_LENGTH = 512
 
@@ -24,7 +25,6 @@ def _record(row: Any) -> JobRecord:
     return JobRecord(
         id=job.id,
         user=UserRef(row.platform, row.platform_user_id),
-        kind=JobKind(job.kind),
         status=JobStatus(job.status),
         style=job.style,
         strength=job.strength,
@@ -33,6 +33,7 @@ def _record(row: Any) -> JobRecord:
         day=job.day,
         refunded=job.refunded,
         failure=job.failure,
+        timings=job.timings,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
@@ -71,32 +72,44 @@ class Jobs:
             )
             return started.one_or_none() is not None
 
-    async def mark_done(self, job_id: str) -> bool:
-        return await self._finish(job_id, JobStatus.DONE, None, refund=False)
+    async def mark_done(self, job_id: str, *, timings: Mapping[str, float] | None = None) -> bool:
+        """`timings`: seconds per pipeline stage, kept for statistics."""
+        return await self._finish(job_id, JobStatus.DONE, refund=False, timings=timings)
 
     async def mark_failed(self, job_id: str, reason: str, *, refund: bool) -> bool:
         """`refund` when the failure is not the user's fault (our bug, a timeout, a full queue)."""
-        return await self._finish(job_id, JobStatus.FAILED, reason[:FAILURE_LENGTH], refund=refund)
+        return await self._finish(
+            job_id, JobStatus.FAILED, refund=refund, failure=reason[:FAILURE_LENGTH]
+        )
 
     async def mark_cancelled(self, job_id: str, *, refund: bool) -> bool:
-        return await self._finish(job_id, JobStatus.CANCELLED, None, refund=refund)
+        return await self._finish(job_id, JobStatus.CANCELLED, refund=refund)
 
     async def _finish(
-        self, job_id: str, status: JobStatus, failure: str | None, *, refund: bool
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        refund: bool,
+        failure: str | None = None,
+        timings: Mapping[str, float] | None = None,
     ) -> bool:
+        """Move an unfinished job to `status` and free its in-flight slot, exactly once."""
+        values = {"status": status, "failure": failure, "finished_at": self._clock()}
+        if timings is not None:
+            values["timings"] = dict(timings)
         async with self._sessions.begin() as session:
             finished = await session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.status.in_(UNFINISHED))
-                .values(status=status, failure=failure, finished_at=self._clock())
-                .returning(Job.user_id, Job.kind)
+                .values(values)
+                .returning(Job.user_id)
                 .execution_options(synchronize_session=False)
             )
-            row = finished.one_or_none()
-            if row is None:
+            user_id = finished.scalar_one_or_none()
+            if user_id is None:
                 return False
-            if row.kind == JobKind.TOON:
-                await _leave_flight(session, row.user_id)
+            await _leave_flight(session, user_id)
             if refund:
                 await give_back(session, job_id)
             return True

@@ -97,16 +97,17 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(16), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
     style: Mapped[str] = mapped_column(String(64))
-    strength: Mapped[int]
+    strength: Mapped[int | None]
     chat: Mapped[dict[str, Any]]
     options: Mapped[dict[str, Any]]
     day: Mapped[date]
     """The local day the request was counted on; a refund gives back that day's toon."""
     refunded: Mapped[bool] = mapped_column(default=False)
     failure: Mapped[str | None] = mapped_column(String(512), default=None)
+    timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """Seconds per pipeline stage of a finished job."""
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -22,7 +22,6 @@ from storage.records import (
     Admitted,
     Allowance,
     Decision,
-    JobKind,
     JobStatus,
     NewJob,
     Refusal,
@@ -83,10 +82,10 @@ class Quotas:
                 .returning(User.id, User.used, User.daily_limit, User.unlimited)
                 .execution_options(synchronize_session=False)
             )
-            row = await _gate(session, charge, job, now)
+            row = await _gate(session, charge, job.user, job.display_name, now)
             if row is None:
                 return await self._refusal(session, job.user, default, window, now)
-            job_id = await _add_job(session, row.id, JobKind.TOON, job, window, now)
+            job_id = await _add_job(session, row.id, job, window, now)
             limit = effective_limit(row.unlimited, row.daily_limit, default)
             return Admitted(job_id, allowance(limit, row.used, window, now))
 
@@ -106,22 +105,21 @@ class Quotas:
             )
         return checks
 
-    async def rerender(self, job: NewJob) -> Decision:
-        """Queue a re-render if the user is within `rerenders_per_minute`; never charged.
+    async def rerender(self, user: UserRef) -> Refused | None:
+        """Count a re-render if `user` is within `rerenders_per_minute`; None when it may run.
 
-        The generic cell rate algorithm: a burst of N, then one every 60/N seconds.
+        Never charged against the quota. The generic cell rate algorithm: a burst of N, then
+        one every 60/N seconds. Refused: RATE (retry_after) or BANNED.
         """
         now = self._clock()
-        window = DailyWindow.at(now, self._zone)
         clock = now.timestamp()
         interval = RATE_PERIOD / self._policy.rerenders_per_minute
         latest_allowed = clock + RATE_PERIOD - interval
         async with self._sessions.begin() as session:
-            default = await self._default_limit(session, job.user.platform, job.group)
             count = (
                 update(User)
                 .where(
-                    by_ref(job.user),
+                    by_ref(user),
                     ~User.banned,
                     or_(User.rerender_tat.is_(None), User.rerender_tat <= latest_allowed),
                 )
@@ -130,18 +128,21 @@ class Quotas:
                         (or_(User.rerender_tat.is_(None), User.rerender_tat < clock), clock),
                         else_=User.rerender_tat,
                     )
-                    + interval,
-                    **_renamed(job),
+                    + interval
                 )
                 .returning(User.id)
                 .execution_options(synchronize_session=False)
             )
-            row = await _gate(session, count, job, now)
-            if row is None:
-                return await self._refusal(session, job.user, default, window, now, latest_allowed)
-            job_id = await _add_job(session, row.id, JobKind.RERENDER, job, window, now)
-            state = await _state(session, job.user)
-            return Admitted(job_id, self._allowance_of(state, default, window, now))
+            if await _gate(session, count, user, "", now) is not None:
+                return None
+            window = DailyWindow.at(now, self._zone)
+            default = self._policy.daily
+            return await self._refusal(session, user, default, window, now, latest_allowed)
+
+    async def is_banned(self, user: UserRef) -> bool:
+        """For a check before downloading anything; `consume` checks again."""
+        async with self._sessions.begin() as session:
+            return bool(await session.scalar(select(User.banned).where(by_ref(user))))
 
     async def refund(self, job_id: str) -> bool:
         """Give back the toon a job was charged; False if it was not charged or already refunded."""
@@ -202,10 +203,12 @@ class Quotas:
         return Refused(Refusal.COOLDOWN, quota, cooldown_end - now)
 
 
-async def _gate(session: AsyncSession, gate: Update, job: NewJob, now: datetime) -> Any:
+async def _gate(
+    session: AsyncSession, gate: Update, user: UserRef, display_name: str, now: datetime
+) -> Any:
     """Run a conditional UPDATE of the user's row; on their first request, create it first."""
     row = (await session.execute(gate)).one_or_none()
-    if row is None and await create_user(session, job.user, job.display_name, now):
+    if row is None and await create_user(session, user, display_name, now):
         row = (await session.execute(gate)).one_or_none()
     return row
 
@@ -232,7 +235,6 @@ async def _state(session: AsyncSession, user: UserRef) -> Any:
 async def _add_job(
     session: AsyncSession,
     user_id: int,
-    kind: JobKind,
     job: NewJob,
     window: DailyWindow,
     now: datetime,
@@ -242,7 +244,6 @@ async def _add_job(
         insert(Job).values(
             id=job_id,
             user_id=user_id,
-            kind=kind,
             status=JobStatus.QUEUED,
             style=job.style,
             strength=job.strength,
@@ -260,7 +261,7 @@ async def give_back(session: AsyncSession, job_id: str) -> bool:
     """Refund a charged job once, on the day it was charged (a past day's refund changes stats)."""
     refunded = await session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.kind == JobKind.TOON, ~Job.refunded)
+        .where(Job.id == job_id, ~Job.refunded)
         .values(refunded=True)
         .returning(Job.user_id, Job.day)
         .execution_options(synchronize_session=False)

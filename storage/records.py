@@ -57,13 +57,6 @@ class JobStatus(StrEnum):
 UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-class JobKind(StrEnum):
-    TOON = "toon"
-    """A new photo: charged against the daily quota and held in the in-flight cap."""
-    RERENDER = "rerender"
-    """Another strength or style of a cached face: only rate-limited."""
-
-
 @dataclass(frozen=True, slots=True)
 class NewJob:
     """What a chat adapter knows when a request arrives; `chat` and `options` are opaque JSON.
@@ -74,7 +67,8 @@ class NewJob:
 
     user: UserRef
     style: str
-    strength: int
+    strength: int | None = None
+    """None: the style's default strength."""
     chat: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     display_name: str = ""
@@ -85,15 +79,17 @@ class NewJob:
 class JobRecord:
     id: str
     user: UserRef
-    kind: JobKind
     status: JobStatus
     style: str
-    strength: int
+    strength: int | None
     chat: dict[str, Any]
     options: dict[str, Any]
     day: date
+    """The local day the toon was charged on."""
     refunded: bool
     failure: str | None
+    timings: dict[str, float]
+    """Seconds per stage, as `mark_done` was given them."""
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -131,7 +127,7 @@ class Refusal(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """The request is charged (or, for a re-render, counted) and its job row is queued."""
+    """The toon is charged and its job row is queued."""
 
     job_id: str
     allowance: Allowance
@@ -172,7 +168,6 @@ class QuotaStatus:
 class PeriodStats:
     toons: int
     """Charged requests, refunds deducted."""
-    rerenders: int
     done: int
     failed: int
     cancelled: int

@@ -23,10 +23,10 @@ from storage.users import find_user_id
 FORGOTTEN_ACTOR = "(forgotten user)"
 
 
-class Storage:
+class Store:
     """Quotas, jobs and admin operations on one database.
 
-    Open with `await Storage.open(url, quota_settings)` (migrates first), close with
+    Open with `await Store.open(url, quota_settings)` (migrates first), close with
     `await storage.close()` or use it as an async context manager.
     """
 
@@ -39,7 +39,7 @@ class Storage:
         self.admin = Admin(self._sessions, policy, clock)
 
     @classmethod
-    async def open(cls, url: str, policy: QuotaSettings, *, clock: Clock = utc_now) -> Storage:
+    async def open(cls, url: str, policy: QuotaSettings, *, clock: Clock = utc_now) -> Store:
         """Connect to `url` and migrate its schema to the newest revision."""
         engine = create_engine(url)
         try:

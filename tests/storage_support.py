@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from storage import NewJob, Storage, UserRef
+from storage import NewJob, Store, UserRef
 from storage.settings import QuotaSettings
 
 ALICE = UserRef("telegram", "1001")
@@ -33,17 +33,22 @@ def policy(**overrides: object) -> QuotaSettings:
     return QuotaSettings.model_validate(values | overrides)
 
 
-async def open_storage(tmp_path: Path, clock: FakeClock, **overrides: object) -> Storage:
-    return await Storage.open(db_url(tmp_path), policy(**overrides), clock=clock)
+async def open_storage(tmp_path: Path, clock: FakeClock, **overrides: object) -> Store:
+    return await Store.open(db_url(tmp_path), policy(**overrides), clock=clock)
 
 
-def job(user: UserRef = ALICE, group: str | None = None, name: str = "") -> NewJob:
+def job(
+    user: UserRef = ALICE,
+    group: str | None = None,
+    name: str = "",
+    options: dict[str, object] | None = None,
+) -> NewJob:
     return NewJob(
         user,
         style="toon",
         strength=32,
         chat={"chat_id": 555, "message_id": 7},
-        options={"faces": "all"},
+        options={"faces": "all"} if options is None else options,
         display_name=name,
         group=group,
     )

@@ -15,7 +15,7 @@ from storage import (
     InvalidRefError,
     Refusal,
     Refused,
-    Storage,
+    Store,
     UnknownUserError,
     UserRef,
 )
@@ -29,12 +29,12 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def storage(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Storage]:
+async def storage(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
     async with await open_storage(tmp_path, clock, cooldown=30, max_in_flight=1) as opened:
         yield opened
 
 
-async def test_unknown_users_and_bad_quotas_are_refused_clearly(storage: Storage) -> None:
+async def test_unknown_users_and_bad_quotas_are_refused_clearly(storage: Store) -> None:
     stranger = UserRef("telegram", "999")
     with pytest.raises(UnknownUserError, match=r"unknown user telegram:999"):
         await storage.admin.show(stranger)
@@ -67,7 +67,7 @@ def test_refs_parse_the_admin_form() -> None:
     assert UserRef("discord", "1") != GroupRef("discord", "1")
 
 
-async def test_show_set_reset_and_audit(storage: Storage, clock: FakeClock) -> None:
+async def test_show_set_reset_and_audit(storage: Store, clock: FakeClock) -> None:
     first = await storage.quotas.consume(job(name="Alice"))
     assert isinstance(first, Admitted)
     status = await storage.admin.show(ALICE)
@@ -110,7 +110,7 @@ async def test_show_set_reset_and_audit(storage: Storage, clock: FakeClock) -> N
     assert len(await storage.admin.audit_log(limit=2)) == 2
 
 
-async def test_ban_reason_is_kept_and_logged(storage: Storage) -> None:
+async def test_ban_reason_is_kept_and_logged(storage: Store) -> None:
     await storage.quotas.consume(job(BOB))
     status = await storage.admin.ban(BOB, actor="cli:root", reason="sent other people's photos")
     assert (status.banned, status.ban_reason) == (True, "sent other people's photos")
@@ -123,7 +123,7 @@ async def test_ban_reason_is_kept_and_logged(storage: Storage) -> None:
     ]
 
 
-async def test_group_quota_changes_are_logged(storage: Storage) -> None:
+async def test_group_quota_changes_are_logged(storage: Store) -> None:
     server = GroupRef("discord", "777")
     await storage.admin.set_group_quota(server, 2, actor="cli:root")
     await storage.admin.set_group_quota(server, 4, actor="cli:root")
@@ -151,7 +151,6 @@ async def test_usage_statistics(tmp_path: Path, clock: FakeClock) -> None:
         assert isinstance(failed, Admitted)
         await storage.jobs.mark_done(done.job_id)
         await storage.jobs.mark_failed(failed.job_id, "GPU error", refund=True)
-        await storage.quotas.rerender(job())
         cancelled = await storage.quotas.consume(job(BOB))
         assert isinstance(cancelled, Admitted)
         await storage.jobs.mark_cancelled(cancelled.job_id, refund=False)
@@ -159,7 +158,7 @@ async def test_usage_statistics(tmp_path: Path, clock: FakeClock) -> None:
         stats = await storage.admin.stats(top=5)
     assert stats.day == clock.now.date()
     today = stats.today
-    assert (today.toons, today.rerenders, today.refunded, today.users) == (2, 1, 1, 2)
+    assert (today.toons, today.refunded, today.users) == (2, 1, 2)
     assert (today.done, today.failed, today.cancelled) == (1, 1, 1)
     week = stats.last_7_days
     assert (week.toons, week.users) == (5, 2)
@@ -169,14 +168,14 @@ async def test_usage_statistics(tmp_path: Path, clock: FakeClock) -> None:
     ]
 
 
-async def test_forget_leaves_no_row_about_the_user(storage: Storage, clock: FakeClock) -> None:
+async def test_forget_leaves_no_row_about_the_user(storage: Store, clock: FakeClock) -> None:
     victim = UserRef("telegram", "777000111")
     done = await storage.quotas.consume(job(victim, name="Forget Me"))
     assert isinstance(done, Admitted)
     await storage.jobs.mark_done(done.job_id)
     clock.advance(minutes=5)
     await storage.quotas.consume(job(victim))
-    await storage.quotas.rerender(job(victim))
+    await storage.quotas.rerender(victim)
     await storage.quotas.consume(job(BOB, name="Bob"))
     await storage.admin.set_quota(victim, 9, actor="cli:root")
     await storage.admin.ban(victim, actor="cli:root", reason="Forget Me was rude")

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bots.cli import app
-from storage import NewJob, Storage, UserRef
+from storage import NewJob, Store, UserRef
 from storage.settings import QuotaSettings
 
 ALICE = UserRef("telegram", "12345")
@@ -21,7 +21,7 @@ def config(tmp_path: Path) -> Path:
     path.write_text(f'[storage]\nurl = "{url}"\n[quota]\ndaily = 4\n')
 
     async def seed() -> None:
-        async with await Storage.open(url, QuotaSettings(daily=4)) as storage:
+        async with await Store.open(url, QuotaSettings(daily=4)) as storage:
             await storage.quotas.consume(NewJob(ALICE, "toon", 32, display_name="Alice"))
 
     asyncio.run(seed())

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from storage import Admitted, JobKind, JobStatus, Refusal, Refused
+from storage import Admitted, JobStatus, NewJob, Refusal, Refused
 from tests.storage_support import ALICE, BOB, FakeClock, job, open_storage
 
 
@@ -21,25 +21,25 @@ async def test_state_and_jobs_survive_reopening(tmp_path: Path) -> None:
         clock.advance(seconds=1)
         third = job_id(await storage.quotas.consume(job(BOB)))
         clock.advance(seconds=1)
-        rerender = job_id(await storage.quotas.rerender(job(BOB)))
+        fourth = job_id(await storage.quotas.consume(job(BOB, options={"faces_only": True})))
         clock.advance(seconds=1)
         await storage.jobs.mark_running(first)
         await storage.jobs.mark_done(second)
         await storage.admin.ban(BOB, actor="cli:root", reason="spam")
     async with await open_storage(tmp_path, clock) as storage:
         unfinished = await storage.jobs.unfinished_jobs()
-        assert [j.id for j in unfinished] == [first, third, rerender]
+        assert [j.id for j in unfinished] == [first, third, fourth]
         running = unfinished[0]
         assert running.status is JobStatus.RUNNING
         assert running.user == ALICE
         assert running.platform == "telegram"
         assert running.chat == {"chat_id": 555, "message_id": 7}
         assert running.options == {"faces": "all"}
-        assert (running.style, running.strength, running.kind) == ("toon", 32, JobKind.TOON)
+        assert (running.style, running.strength) == ("toon", 32)
         assert running.started_at == clock.now
         assert running.created_at == clock.now - timedelta(seconds=4)
-        assert unfinished[2].kind is JobKind.RERENDER
-        assert [j.id for j in await storage.jobs.unfinished_jobs("discord")] == [third, rerender]
+        assert unfinished[2].options == {"faces_only": True}
+        assert [j.id for j in await storage.jobs.unfinished_jobs("discord")] == [third, fourth]
         assert (await storage.quotas.allowance(ALICE)).used == 2
         decision = await storage.quotas.consume(job(BOB))
         assert isinstance(decision, Refused)
@@ -73,6 +73,18 @@ async def test_transitions_happen_once_and_in_order(tmp_path: Path) -> None:
         assert (status.allowance.used, status.in_flight) == (1, 0)
         assert await storage.jobs.get("unknown") is None
         assert not await storage.jobs.mark_running("unknown")
+
+
+async def test_done_keeps_stage_timings_and_default_strength(tmp_path: Path) -> None:
+    async with await open_storage(tmp_path, FakeClock()) as storage:
+        ident = job_id(await storage.quotas.consume(NewJob(ALICE, style="toon")))
+        assert await storage.jobs.mark_done(ident, timings={"invert": 41.5, "render": 0.8})
+        record = await storage.jobs.get(ident)
+        assert record is not None
+        assert record.strength is None
+        assert record.timings == {"invert": 41.5, "render": 0.8}
+        assert record.status is JobStatus.DONE
+        assert (await storage.admin.show(ALICE)).in_flight == 0
 
 
 async def test_cancelled_queued_job_is_not_resumed(tmp_path: Path) -> None:

@@ -11,13 +11,10 @@ from sqlalchemy import func, select
 
 from storage import (
     Admitted,
-    Allowance,
     GroupRef,
     Refusal,
     Refused,
-    Storage,
-    describe_allowance,
-    humanize_duration,
+    Store,
 )
 from storage.models import Job, User
 from tests.storage_support import ALICE, BOB, FakeClock, db_url, job, open_storage, policy
@@ -29,7 +26,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def storage(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Storage]:
+async def storage(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
     async with await open_storage(tmp_path, clock) as opened:
         yield opened
 
@@ -45,7 +42,7 @@ def refused(decision: object, reason: Refusal) -> Refused:
     return decision
 
 
-async def charged_rows(storage: Storage) -> tuple[int, int]:
+async def charged_rows(storage: Store) -> tuple[int, int]:
     """(users.used, job rows) for Alice, read straight from the tables."""
     async with storage.engine.connect() as conn:
         used = await conn.scalar(select(User.used).where(User.platform_user_id == ALICE.id))
@@ -71,7 +68,7 @@ async def test_concurrent_consumes_never_exceed_the_quota(tmp_path: Path, clock:
 
 def _hammer(url: str, start: object, results: object, attempts: int) -> None:
     async def run() -> tuple[int, set[str]]:
-        async with await Storage.open(url, policy(daily=60)) as storage:
+        async with await Store.open(url, policy(daily=60)) as storage:
             start.wait()  # type: ignore[attr-defined]
             decisions = await asyncio.gather(
                 *(storage.quotas.consume(job()) for _ in range(attempts))
@@ -84,7 +81,7 @@ def _hammer(url: str, start: object, results: object, attempts: int) -> None:
 
 async def test_two_processes_never_exceed_the_quota(tmp_path: Path, clock: FakeClock) -> None:
     url = db_url(tmp_path)
-    async with await Storage.open(url, policy()):
+    async with await Store.open(url, policy()):
         pass
     ctx = multiprocessing.get_context("spawn")
     start, results = ctx.Barrier(2), ctx.Queue()
@@ -99,11 +96,11 @@ async def test_two_processes_never_exceed_the_quota(tmp_path: Path, clock: FakeC
     assert set().union(*(reasons for _, reasons in outcomes)) == {"quota"}
     assert sum(counts) == 60
     assert min(counts) > 0, counts  # both really competed for the same toons
-    async with await Storage.open(url, policy()) as storage:
+    async with await Store.open(url, policy()) as storage:
         assert await charged_rows(storage) == (60, 60)
 
 
-async def test_refused_requests_charge_nothing(storage: Storage) -> None:
+async def test_refused_requests_charge_nothing(storage: Store) -> None:
     for _ in range(3):
         admitted(await storage.quotas.consume(job()))
     for _ in range(3):
@@ -112,7 +109,7 @@ async def test_refused_requests_charge_nothing(storage: Storage) -> None:
     assert await charged_rows(storage) == (3, 3)
 
 
-async def test_refund_gives_one_back_once(storage: Storage) -> None:
+async def test_refund_gives_one_back_once(storage: Store) -> None:
     ids = [admitted(await storage.quotas.consume(job())).job_id for _ in range(3)]
     refused(await storage.quotas.consume(job()), Refusal.QUOTA)
     assert await storage.quotas.refund(ids[0]) is True
@@ -123,7 +120,7 @@ async def test_refund_gives_one_back_once(storage: Storage) -> None:
     assert await storage.quotas.refund("no-such-job") is False
 
 
-async def test_failure_refunds_only_when_asked(storage: Storage) -> None:
+async def test_failure_refunds_only_when_asked(storage: Store) -> None:
     first = admitted(await storage.quotas.consume(job())).job_id
     second = admitted(await storage.quotas.consume(job())).job_id
     assert await storage.jobs.mark_failed(first, "user sent no face", refund=False)
@@ -135,7 +132,7 @@ async def test_failure_refunds_only_when_asked(storage: Storage) -> None:
 
 
 async def test_refund_of_yesterdays_job_leaves_today_alone(
-    storage: Storage, clock: FakeClock
+    storage: Store, clock: FakeClock
 ) -> None:
     clock.now = datetime(2025, 6, 10, 23, 59, tzinfo=UTC)
     yesterday = admitted(await storage.quotas.consume(job())).job_id
@@ -220,12 +217,14 @@ async def test_in_flight_cap_until_a_job_finishes(tmp_path: Path, clock: FakeClo
         admitted(await storage.quotas.consume(job()))
 
 
-async def test_ban_refuses_everything_until_unbanned(storage: Storage) -> None:
+async def test_ban_refuses_everything_until_unbanned(storage: Store) -> None:
     admitted(await storage.quotas.consume(job(name="Alice")))
     await storage.admin.ban(ALICE, actor="cli:root", reason="spam")
     banned = refused(await storage.quotas.consume(job()), Refusal.BANNED)
     assert banned.retry_after is None
-    refused(await storage.quotas.rerender(job()), Refusal.BANNED)
+    refused(await storage.quotas.rerender(ALICE), Refusal.BANNED)
+    assert await storage.quotas.is_banned(ALICE)
+    assert not await storage.quotas.is_banned(BOB)
     await storage.admin.unban(ALICE, actor="cli:root")
     admitted(await storage.quotas.consume(job()))
 
@@ -236,7 +235,7 @@ async def test_quota_outranks_cooldown_in_the_reason(tmp_path: Path, clock: Fake
         refused(await storage.quotas.consume(job()), Refusal.QUOTA)
 
 
-async def test_overrides_group_defaults_and_unlimited(storage: Storage) -> None:
+async def test_overrides_group_defaults_and_unlimited(storage: Store) -> None:
     server = GroupRef("discord", "9000")
     await storage.admin.set_group_quota(server, 1, actor="cli:root")
     admitted(await storage.quotas.consume(job(BOB, group="9000")))
@@ -261,42 +260,17 @@ async def test_rerenders_are_rate_limited_not_charged(tmp_path: Path, clock: Fak
     async with await open_storage(tmp_path, clock, rerenders_per_minute=3, daily=1) as storage:
         admitted(await storage.quotas.consume(job()))
         for _ in range(3):
-            assert admitted(await storage.quotas.rerender(job())).allowance.used == 1
-        wait = refused(await storage.quotas.rerender(job()), Refusal.RATE)
+            assert await storage.quotas.rerender(ALICE) is None
+        wait = refused(await storage.quotas.rerender(ALICE), Refusal.RATE)
         assert wait.retry_after == timedelta(seconds=20)
+        assert wait.allowance.used == 1
+        assert await storage.quotas.rerender(BOB) is None  # per user
         clock.advance(seconds=19)
-        refused(await storage.quotas.rerender(job()), Refusal.RATE)
+        refused(await storage.quotas.rerender(ALICE), Refusal.RATE)
         clock.advance(seconds=1)
-        admitted(await storage.quotas.rerender(job()))
-        refused(await storage.quotas.rerender(job()), Refusal.RATE)
+        assert await storage.quotas.rerender(ALICE) is None
+        refused(await storage.quotas.rerender(ALICE), Refusal.RATE)
         clock.advance(minutes=1)
         for _ in range(3):
-            admitted(await storage.quotas.rerender(job()))
-        assert await charged_rows(storage) == (1, 8)
-
-
-def allowance_left(limit: int | None, used: int, resets_in: timedelta) -> Allowance:
-    resets_at = datetime(2025, 1, 1, tzinfo=UTC) + resets_in
-    return Allowance(limit, used, resets_at, resets_in)
-
-
-@pytest.mark.parametrize(
-    ("limit", "used", "resets_in", "text"),
-    [
-        (5, 3, timedelta(hours=5, minutes=10), "2 toons left today, resets in 5 h"),
-        (5, 4, timedelta(minutes=30, seconds=1), "1 toon left today, resets in 31 min"),
-        (5, 5, timedelta(seconds=42), "no toons left today, resets in 42 s"),
-        (2, 7, timedelta(minutes=59, seconds=30), "no toons left today, resets in 1 h"),
-        (None, 40, timedelta(hours=3), "unlimited toons today"),
-    ],
-)
-def test_allowance_sentence(limit: int | None, used: int, resets_in: timedelta, text: str) -> None:
-    assert describe_allowance(allowance_left(limit, used, resets_in)) == text
-
-
-def test_durations_round_waits_up() -> None:
-    assert humanize_duration(timedelta(seconds=0.2)) == "1 s"
-    assert humanize_duration(timedelta(seconds=-3)) == "0 s"
-    assert humanize_duration(timedelta(seconds=60)) == "1 min"
-    assert humanize_duration(timedelta(hours=1, minutes=29)) == "1 h"
-    assert humanize_duration(timedelta(hours=23, minutes=31)) == "24 h"
+            assert await storage.quotas.rerender(ALICE) is None
+        assert await charged_rows(storage) == (1, 1)

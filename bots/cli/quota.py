@@ -14,6 +14,7 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from bots import texts
 from bots.cli.common import console, fail, settings
 from storage import (
     AdminInputError,
@@ -21,17 +22,16 @@ from storage import (
     GroupRef,
     PeriodStats,
     QuotaStatus,
-    Storage,
+    Store,
     UserRef,
-    describe_allowance,
     parse_quota,
 )
 
 app = typer.Typer(help="Show and change per-user quotas.", no_args_is_help=True)
 
 T = TypeVar("T")
-UserChange = Callable[[Storage, UserRef], Awaitable[object]]
-GroupChange = Callable[[Storage, GroupRef], Awaitable[object]]
+UserChange = Callable[[Store, UserRef], Awaitable[object]]
+GroupChange = Callable[[Store, GroupRef], Awaitable[object]]
 
 UserArg = Annotated[str, typer.Argument(help="A user as platform:id, e.g. telegram:12345.")]
 TargetArg = Annotated[
@@ -50,12 +50,12 @@ def _actor() -> str:
         return "cli"
 
 
-def _with_storage(ctx: typer.Context, action: Callable[[Storage], Awaitable[T]]) -> T:
+def _with_storage(ctx: typer.Context, action: Callable[[Store], Awaitable[T]]) -> T:
     """Run `action` on the configured database; bad input and database trouble end in one line."""
     config = settings(ctx)
 
     async def run() -> T:
-        async with await Storage.open(config.storage.url, config.quota) as storage:
+        async with await Store.open(config.storage.url, config.quota) as storage:
             return await action(storage)
 
     try:
@@ -99,7 +99,9 @@ def _print_status(status: QuotaStatus, zone: ZoneInfo) -> None:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("daily quota", f"{limit} ({status.source})")
-    table.add_row("used today", f"{quota.used}: {describe_allowance(quota)}")
+    table.add_row(
+        "used today", f"{quota.used}: {texts.quota_left(quota.remaining, quota.resets_in)}"
+    )
     table.add_row("resets at", _when(quota.resets_at, zone))
     table.add_row("banned", banned)
     table.add_row("jobs in flight", str(status.in_flight))
@@ -112,7 +114,7 @@ def _user_command(ctx: typer.Context, text: str, change: UserChange | None = Non
     """Apply `change` to a user, then print their quota and the admin actions on them."""
     user = _parsed(UserRef.parse, text)
 
-    async def act(storage: Storage) -> tuple[QuotaStatus, list[AuditEntry]]:
+    async def act(storage: Store) -> tuple[QuotaStatus, list[AuditEntry]]:
         if change is not None:
             await change(storage, user)
         return await storage.admin.show(user), await storage.admin.audit_log(target=user, limit=5)
@@ -128,7 +130,7 @@ def _group_command(ctx: typer.Context, text: str, change: GroupChange | None = N
     """Apply `change` to a group, then print its default quota."""
     group = _parsed(GroupRef.parse, text)
 
-    async def act(storage: Storage) -> int | None:
+    async def act(storage: Store) -> int | None:
         if change is not None:
             await change(storage, group)
         return await storage.admin.group_quota(group)
@@ -195,7 +197,7 @@ def stats(
 ) -> None:
     """Usage today and over the last 7 days, and the most active users."""
     usage = _with_storage(ctx, lambda s: s.admin.stats(top=top))
-    columns = ("toons", "rerenders", "done", "failed", "cancelled", "refunded", "users")
+    columns = ("toons", "done", "failed", "cancelled", "refunded", "users")
     table = Table(title=f"Usage up to {usage.day}")
     table.add_column("period")
     for column in columns:
