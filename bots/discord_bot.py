@@ -15,6 +15,7 @@ import logging
 import math
 import re
 import secrets
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -33,13 +34,11 @@ log = logging.getLogger(__name__)
 PLATFORM = "discord"
 DISCORD_CDN_HOSTS = ("cdn.discordapp.com", "media.discordapp.net")
 DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=60)
+CONNECT_TIMEOUT = 60.0
 DOWNLOAD_CHUNK = 64 * 1024
 MESSAGE_LIMIT = 2000
-MAX_DAILY = 100_000
 SHRUNK_QUALITY = 90
 PING_USERS = discord.AllowedMentions(everyone=False, roles=False, users=True)
-# Command annotations are resolved from module globals (they are strings here).
-Daily = app_commands.Range[int, 0, MAX_DAILY]
 
 _BUTTON_ID = r"toon:(?P<action>less|more|delete):(?P<result>[^:]+):(?P<owner>\d+)"
 _SELECT_ID = r"toon:style:(?P<result>[^:]+):(?P<owner>\d+)"
@@ -422,18 +421,13 @@ class DiscordBot(discord.Client):
         self._service = service
         self._origins = download_origins(config.discord)
         self._session: aiohttp.ClientSession | None = None
+        self.connected = asyncio.Event()
         self.tree = app_commands.CommandTree(self)
         self.tree.error(self._on_command_error)
         self._add_commands()
         service.register(PLATFORM, self)
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    async def serve(self) -> None:
-        """Log in, sync commands and stay connected (discord.py reconnects) until closed."""
-        if self._settings.token is None:
-            raise ValueError("discord.token is not set (TOONIFY_DISCORD_TOKEN)")
-        await self.start(self._settings.token.get_secret_value())
 
     async def login(self, token: str) -> None:
         use_endpoints(self._settings)
@@ -443,6 +437,9 @@ class DiscordBot(discord.Client):
         self._session = aiohttp.ClientSession(timeout=DOWNLOAD_TIMEOUT)
         self.add_dynamic_items(ToonButton, StyleSelect)
         await self._sync_commands()
+
+    async def on_connect(self) -> None:
+        self.connected.set()
 
     async def close(self) -> None:
         await super().close()
@@ -511,14 +508,13 @@ class DiscordBot(discord.Client):
 
         @admin.command(name="quota", description=texts.DISCORD_ADMIN_QUOTA)
         @app_commands.describe(user=texts.DISCORD_ADMIN_USER, daily=texts.DISCORD_ADMIN_DAILY)
-        async def quota(interaction: discord.Interaction, user: discord.User, daily: Daily) -> None:
+        async def quota(interaction: discord.Interaction, user: discord.User, daily: str) -> None:
             await self._admin(interaction, "quota", f"{PLATFORM}:{user.id}", daily)
 
         @admin.command(name="server-quota", description=texts.DISCORD_ADMIN_SERVER_QUOTA)
-        @app_commands.describe(daily=texts.DISCORD_ADMIN_DAILY)
-        async def server_quota(interaction: discord.Interaction, daily: Daily) -> None:
-            target = f"{PLATFORM}:{interaction.guild_id}"
-            await self._admin(interaction, "group_quota", target, daily)
+        @app_commands.describe(daily=texts.DISCORD_ADMIN_SERVER_DAILY)
+        async def server_quota(interaction: discord.Interaction, daily: str) -> None:
+            await self._server_quota(interaction, daily)
 
         @admin.command(name="ban", description=texts.DISCORD_ADMIN_BAN)
         @app_commands.describe(user=texts.DISCORD_ADMIN_USER)
@@ -687,16 +683,33 @@ class DiscordBot(discord.Client):
     # -- admin -------------------------------------------------------------------------------
 
     async def _admin(
-        self, interaction: discord.Interaction, action: str, target: str | None, value: int | None
+        self, interaction: discord.Interaction, action: str, target: str | None, value: str | None
     ) -> None:
-        """Bot admins may do everything; a server's managers may set that server's default."""
+        """Obeyed for the bot admins of `discord.admins` only, whoever can see the command."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        is_admin = interaction.user.id in self._settings.admins
-        if action == "group_quota":
-            is_admin = is_admin or interaction.permissions.manage_guild
-        who = self._requester(interaction.user, interaction.guild_id, is_admin=is_admin)
+        who = self._requester(interaction.user, interaction.guild_id)
+        await self._answer_admin(
+            interaction, action, self._service.admin(who, action, target, value)
+        )
+
+    async def _server_quota(self, interaction: discord.Interaction, daily: str) -> None:
+        """A server's default quota: bot admins, or that server's managers."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        who = self._requester(interaction.user, interaction.guild_id)
+        if interaction.guild_id is None or not (
+            who.is_admin or interaction.permissions.manage_guild
+        ):
+            await interaction.edit_original_response(content=texts.DISCORD_NOT_MANAGER)
+            return
+        answer = self._service.set_group_quota(who, str(interaction.guild_id), daily)
+        await self._answer_admin(interaction, "server-quota", answer)
+
+    @staticmethod
+    async def _answer_admin(
+        interaction: discord.Interaction, action: str, answer: Awaitable[str]
+    ) -> None:
         try:
-            text = await self._service.admin(who, action, target, value)
+            text = await answer
         except Refused as refused:
             text = refused.text
         except Exception as exc:
@@ -732,3 +745,41 @@ class DiscordBot(discord.Client):
             reference=int(message_id) if message_id else None,
             private=ref.get("guild_id") is None,
         )
+
+
+class DiscordAdapter:
+    """What bots/app.py starts and stops: the client, logged in and connected once started."""
+
+    def __init__(self, config: Settings, service: ToonService) -> None:
+        if config.discord.token is None:
+            raise ValueError("discord.token is not set (TOONIFY_DISCORD_TOKEN)")
+        self._token = config.discord.token
+        self.client = DiscordBot(config, service)
+        self._running: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Log in, sync the commands and connect; discord.py keeps the gateway up afterwards.
+
+        Bad credentials fail here. A gateway still unreachable after CONNECT_TIMEOUT is only
+        logged: discord.py keeps trying in the background.
+        """
+        connected = asyncio.create_task(self.client.connected.wait())
+        self._running = asyncio.create_task(
+            self.client.start(self._token.get_secret_value()), name="discord-client"
+        )
+        done, _ = await asyncio.wait(
+            {self._running, connected},
+            timeout=CONNECT_TIMEOUT,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        connected.cancel()
+        if self._running in done:
+            self._running.result()
+            raise RuntimeError("the Discord client stopped while starting")
+        if not done:
+            log.warning("no Discord gateway after %.0f s; still trying", CONNECT_TIMEOUT)
+
+    async def stop(self) -> None:
+        await self.client.close()
+        if self._running is not None:
+            await self._running

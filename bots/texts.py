@@ -170,7 +170,9 @@ DISCORD_ADMIN_BAN = "Stop a user from using the bot (bot admins)"
 DISCORD_ADMIN_UNBAN = "Let a banned user use the bot again (bot admins)"
 DISCORD_ADMIN_STATS = "Usage today and this week (bot admins)"
 DISCORD_ADMIN_USER = "The user"
-DISCORD_ADMIN_DAILY = "Toons per day"
+DISCORD_ADMIN_DAILY = "Toons per day: a number, unlimited, or default"
+DISCORD_ADMIN_SERVER_DAILY = "Toons per day: a number, or default"
+DISCORD_NOT_MANAGER = "Only this server's managers and the bot's admins can do that."
 
 
 def discord_bad_strength(strength: int, style: str, strengths: list[int]) -> str:
