@@ -591,8 +591,9 @@ class DiscordBot(discord.Client):
         ref = self._ref(message.author, message.channel.id, None)
         ref.update(url=attachment.url, message_id=str(message.id))
         try:
-            who = self._requester(message.author, None)
-            ticket = await self._admit(who, attachment, reply, ref, None, None)
+            async with message.channel.typing():  # while downloading and looking for faces
+                who = self._requester(message.author, None)
+                ticket = await self._admit(who, attachment, reply, ref, None, None)
         except Refused as refused:
             await reply.fail(refused)
             return
