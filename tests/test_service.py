@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from bots.app import App, serve
-from bots.service import Refused, RefusalKind, Requester, ToonService
+from bots.service import RefusalKind, Refused, Requester, ToonService
 from inference.pipeline import Toonifier
 from storage import JobStatus, Store, UserRef
 from tests.service_fixtures import RecordingReply, cat_jpeg, face_jpeg, settings, tiny_app
