@@ -1,0 +1,398 @@
+"""The Discord adapter end to end: the real discord.py client against the fake Discord, on
+the whole application with tiny models (tests/service_fixtures.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from bots import texts
+from bots.app import App
+from bots.discord_bot import DiscordAdapter, DiscordBot
+from bots.service import RefusalKind, Refused, Requester, Toon, ToonService
+from inference.pipeline import Toonifier
+from tests.fakes.discord import (
+    CALLBACK_DEFER,
+    CALLBACK_UPDATE,
+    EPHEMERAL,
+    MANAGE_GUILD,
+    FakeDiscord,
+    FakeInteraction,
+    FakeMessage,
+    FakeUser,
+)
+from tests.service_fixtures import cat_jpeg, face_jpeg, settings, tiny_app
+
+WAIT = 60.0
+
+
+@pytest.fixture(scope="module")
+def styles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The tiny styles plus "arcane": the same model without the weakest strength."""
+    base = settings(tmp_path_factory.mktemp("base"))
+    toon = base.styles[base.style]
+    strengths = toon.strengths[1:]
+    arcane = {"label": "Arcane", "model": toon.model, "strengths": strengths}
+    return {"arcane": arcane | {"default_strength": strengths[-1]}}
+
+
+@pytest.fixture(scope="module")
+def toonifier(tmp_path_factory: pytest.TempPathFactory, styles: dict[str, Any]) -> Toonifier:
+    return Toonifier.from_config(settings(tmp_path_factory.mktemp("models"), styles=styles))
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    async with FakeDiscord.serve() as server:
+        yield server
+
+
+@pytest.fixture
+def admin(fake: FakeDiscord) -> FakeUser:
+    return fake.add_user("root", manage_guild=True)
+
+
+def _discord(fake: FakeDiscord, admin: FakeUser, **more: Any) -> dict[str, Any]:
+    return {
+        "enabled": True,
+        "token": fake.token,
+        "admins": [admin.id],
+        "api_base_url": fake.api_url,
+        "gateway_url": fake.gateway_url,
+        **more,
+    }
+
+
+@pytest.fixture
+async def app(
+    fake: FakeDiscord,
+    admin: FakeUser,
+    toonifier: Toonifier,
+    styles: dict[str, Any],
+    tmp_path: Path,
+) -> AsyncIterator[App]:
+    async with tiny_app(
+        tmp_path,
+        adapters=lambda config, service: [DiscordAdapter(config, service)],
+        toonifier=toonifier,
+        styles=styles,
+        quota={"daily": 3},
+        discord=_discord(fake, admin),
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def service(app: App) -> ToonService:
+    return app.service
+
+
+@pytest.fixture
+def bot(app: App) -> DiscordBot:
+    [adapter] = app._adapters
+    return adapter.client
+
+
+@pytest.fixture
+def strengths(app: App) -> list[int]:
+    return app.config.styles[app.config.style].strengths
+
+
+def _public_toon(message: FakeMessage) -> bool:
+    return bool(message.attachments) and not message.ephemeral
+
+
+async def _toon_for(fake: FakeDiscord, interaction: FakeInteraction) -> FakeMessage:
+    """The public toon, once the private status message has been removed."""
+    toon = await fake.wait_for_response(interaction, _public_toon, within=WAIT)
+    status = fake.messages[interaction.original_id or 0]
+    await fake.wait_until(lambda: status.deleted or None, what="the status to go")
+    return toon
+
+
+async def _refusal(fake: FakeDiscord, interaction: FakeInteraction) -> FakeMessage:
+    """The private answer to a refused request; nothing public may have been posted."""
+    message = await fake.wait_for_response(
+        interaction, lambda m: not m.loading and m.content, within=WAIT
+    )
+    assert message.ephemeral
+    assert all(m.ephemeral for m in fake.responses(interaction))
+    return message
+
+
+async def _toonify(fake: FakeDiscord, user: FakeUser, **options: Any) -> FakeInteraction:
+    image = options.pop("image", None) or fake.attachment(face_jpeg(), "selfie.jpg")
+    return await fake.slash_command("toonify", {"image": image, **options}, user=user)
+
+
+def _quota_left(service: ToonService, user: FakeUser) -> Any:
+    return service.quota_text(Requester("discord", str(user.id), user.name))
+
+
+async def test_slash_command_defers_privately_reports_progress_and_posts_the_toon(
+    fake: FakeDiscord, bot: DiscordBot, strengths: list[int]
+) -> None:
+    alice = fake.add_user("alice")
+    interaction = await _toonify(fake, alice, style="toon", strength=strengths[0])
+
+    toon = await _toon_for(fake, interaction)
+    [callback] = [c for c in fake.calls_named("callback") if c.params["token"] == interaction.token]
+    assert callback.payload["type"] == CALLBACK_DEFER
+    assert callback.payload["data"]["flags"] & EPHEMERAL
+    edits = [c.payload["content"] for c in fake.calls_named("edit_response")]
+    assert edits[0].startswith("Found 1 face")
+    assert any("%" in text for text in edits)
+    assert toon.content.startswith(f"<@{alice.id}> ")
+    assert f"strength {strengths[0]}" in toon.content
+    [image] = fake.files_of(toon)
+    assert Image.open(BytesIO(image)).size == Image.open(BytesIO(face_jpeg())).size
+    assert [(b["label"], bool(b.get("disabled"))) for b in toon.buttons()] == [
+        ("Less toon", True),
+        ("More toon", False),
+        ("Delete", False),
+    ]
+    assert {o["value"] for o in toon.selects()[0]["options"]} == {"toon", "arcane"}
+
+
+async def test_message_menu_toonifies_the_photo_of_a_message(
+    fake: FakeDiscord, bot: DiscordBot
+) -> None:
+    poster, fan = fake.add_user("poster"), fake.add_user("fan")
+    post = await fake.post_in_server(poster, attachments=[fake.attachment(face_jpeg())])
+    interaction = await fake.message_command("Toonify", post, user=fan)
+
+    toon = await _toon_for(fake, interaction)
+    assert toon.content.startswith(f"<@{fan.id}> ")
+    assert all(b["custom_id"].endswith(f":{fan.id}") for b in toon.buttons())
+
+
+async def test_dm_photo_gets_a_toon_in_reply(fake: FakeDiscord, bot: DiscordBot) -> None:
+    dana = fake.add_user("dana")
+    photo = await fake.send_dm(dana, attachments=[fake.attachment(face_jpeg())])
+
+    def toon() -> FakeMessage | None:
+        mine = [m for m in fake.channel_messages(photo.channel_id) if m.author == fake.bot]
+        return next((m for m in mine if m.attachments), None)
+
+    reply = await fake.wait_until(toon, within=WAIT, what="a toon in the DM")
+    assert fake.calls_named("typing")
+    assert reply.message_reference and reply.message_reference["message_id"] == str(photo.id)
+    assert [b["label"] for b in reply.buttons()] == ["Less toon", "More toon", "Delete"]
+    await fake.wait_until(
+        lambda: fake.channel_messages(photo.channel_id) == [photo, reply] or None,
+        what="the status message to go",
+    )
+
+
+async def test_dm_without_a_photo_gets_help(fake: FakeDiscord, bot: DiscordBot) -> None:
+    sent = await fake.send_dm(fake.add_user("erin"), "hello?")
+    call = await fake.wait_for_call("create_message")
+    assert call.params["channel"] == str(sent.channel_id)
+    assert call.payload["content"] == texts.DISCORD_HELP
+
+
+async def test_no_face_is_refused_privately_and_costs_nothing(
+    fake: FakeDiscord, bot: DiscordBot, service: ToonService
+) -> None:
+    frank = fake.add_user("frank")
+    before = await _quota_left(service, frank)
+    interaction = await _toonify(fake, frank, image=fake.attachment(cat_jpeg(), "cat.jpg"))
+
+    refusal = await _refusal(fake, interaction)
+    assert refusal.content.startswith(texts.NO_FACE)
+    assert await _quota_left(service, frank) == before
+
+
+@pytest.mark.parametrize(
+    ("content_type", "size", "expected"),
+    [
+        ("text/plain", None, texts.NOT_IMAGE),
+        ("image/jpeg", 10**9, texts.too_large(20_000_000)),
+    ],
+)
+async def test_uploads_refused_before_downloading(
+    fake: FakeDiscord,
+    bot: DiscordBot,
+    content_type: str,
+    size: int | None,
+    expected: str,
+) -> None:
+    upload = fake.attachment(face_jpeg(), "x.jpg", content_type=content_type, size=size)
+    interaction = await _toonify(fake, fake.add_user("gil"), image=upload)
+
+    assert (await _refusal(fake, interaction)).content == expected
+    assert fake.calls_named("download") == []
+
+
+async def test_attachments_only_come_from_allowed_hosts(fake: FakeDiscord, bot: DiscordBot) -> None:
+    upload = fake.attachment(face_jpeg())
+    upload["url"] = "http://127.0.0.2:9/attachments/1/2/x.jpg"
+    interaction = await _toonify(fake, fake.add_user("hal"), image=upload)
+
+    assert (await _refusal(fake, interaction)).content == texts.DISCORD_DOWNLOAD_FAILED
+
+
+async def test_a_strength_the_style_lacks_is_refused(
+    fake: FakeDiscord, bot: DiscordBot, strengths: list[int]
+) -> None:
+    interaction = await _toonify(fake, fake.add_user("ivy"), style="arcane", strength=strengths[0])
+
+    refusal = await _refusal(fake, interaction)
+    assert refusal.content == texts.discord_bad_strength(strengths[0], "Arcane", strengths[1:])
+
+
+async def test_toons_over_the_upload_limit_are_scaled_down(
+    fake: FakeDiscord, bot: DiscordBot
+) -> None:
+    fake.upload_limit = 8_000
+    interaction = await _toonify(fake, fake.add_user("kim"))
+
+    [image] = fake.files_of(await _toon_for(fake, interaction))
+    assert len(image) <= 8_000
+    assert Image.open(BytesIO(image)).width < Image.open(BytesIO(face_jpeg())).width
+
+
+async def test_buttons_re_render_in_place_for_the_requester_only(
+    fake: FakeDiscord, bot: DiscordBot, strengths: list[int]
+) -> None:
+    owner, other = fake.add_user("owner"), fake.add_user("other")
+    toon = await _toon_for(fake, await _toonify(fake, owner, strength=strengths[0]))
+    before = fake.files_of(toon)
+
+    press = await fake.press_button(toon, "More toon", user=owner)
+    await fake.wait_until(lambda: f"strength {strengths[1]}" in toon.content or None, within=WAIT)
+    [callback] = [c for c in fake.calls_named("callback") if c.params["token"] == press.token]
+    assert callback.payload["type"] == CALLBACK_UPDATE
+    assert all(b.get("disabled") for b in callback.payload["data"]["components"][0]["components"])
+    await fake.wait_until(lambda: fake.files_of(toon) != before or None)
+    assert not any(b.get("disabled") for b in toon.buttons())
+
+    steal = await fake.choose(toon, ["arcane"], user=other)
+    refusal = await fake.wait_for_response(steal, lambda m: m.content, within=WAIT)
+    assert refusal.ephemeral and refusal.content == texts.NOT_YOURS
+
+    await fake.choose(toon, ["arcane"], user=owner)
+    await fake.wait_until(lambda: "Arcane" in toon.content or None, within=WAIT)
+
+
+async def test_only_the_requester_may_delete(fake: FakeDiscord, bot: DiscordBot) -> None:
+    owner, other = fake.add_user("owner"), fake.add_user("other")
+    toon = await _toon_for(fake, await _toonify(fake, owner))
+
+    attempt = await fake.press_button(toon, "Delete", user=other)
+    refusal = await fake.wait_for_response(attempt, lambda m: m.content)
+    assert refusal.ephemeral and refusal.content == texts.DISCORD_DELETE_NOT_YOURS
+    assert not toon.deleted
+
+    await fake.press_button(toon, "Delete", user=owner)
+    await fake.wait_until(lambda: toon.deleted or None)
+
+
+async def test_admin_commands_obey_bot_admins_only(
+    fake: FakeDiscord, bot: DiscordBot, service: ToonService, admin: FakeUser
+) -> None:
+    manager, target = fake.add_user("manager", manage_guild=True), fake.add_user("target")
+    await _toon_for(fake, await _toonify(fake, target))
+
+    attempt = await fake.slash_command("toonify-admin ban", {"user": target}, user=manager)
+    assert (await _refusal(fake, attempt)).content == texts.NOT_ADMIN
+    assert await _quota_left(service, target) != texts.BANNED
+
+    done = await fake.slash_command("toonify-admin ban", {"user": target}, user=admin)
+    answer = await fake.wait_for_response(done, lambda m: not m.loading)
+    assert answer.ephemeral and "banned" in answer.content
+    assert (await _refusal(fake, await _toonify(fake, target))).content == texts.BANNED
+
+    member = fake.add_user("member")
+    with pytest.raises(PermissionError):
+        await fake.slash_command("toonify-admin stats", user=member)
+    opened = await fake.slash_command("toonify-admin stats", user=member, bypass_permissions=True)
+    assert (await _refusal(fake, opened)).content == texts.NOT_ADMIN
+
+
+async def test_server_managers_set_their_servers_default_quota(
+    fake: FakeDiscord, bot: DiscordBot
+) -> None:
+    manager, member = fake.add_user("manager", manage_guild=True), fake.add_user("member")
+    opened = {"user": member, "bypass_permissions": True}
+    attempt = await fake.slash_command("toonify-admin server-quota", {"daily": "1"}, **opened)
+    assert (await _refusal(fake, attempt)).content == texts.DISCORD_NOT_MANAGER
+
+    done = await fake.slash_command("toonify-admin server-quota", {"daily": "1"}, user=manager)
+    answer = await fake.wait_for_response(done, lambda m: not m.loading)
+    assert answer.content == texts.group_quota_set(1)
+
+    await _toon_for(fake, await _toonify(fake, member))
+    refusal = await _refusal(fake, await _toonify(fake, member))
+    assert refusal.content.startswith("You've used all your toons")
+
+
+async def test_commands_sync_to_configured_servers_only(
+    fake: FakeDiscord,
+    admin: FakeUser,
+    toonifier: Toonifier,
+    styles: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    async with tiny_app(
+        tmp_path,
+        adapters=lambda config, service: [DiscordAdapter(config, service)],
+        toonifier=toonifier,
+        styles=styles,
+        discord=_discord(fake, admin, servers=[fake.guild_id]),
+    ) as app:
+        assert fake.commands[None] == []
+        synced = {c["name"]: c for c in fake.commands[fake.guild_id]}
+        assert set(synced) == {"toonify", "Toonify", "toonify-admin"}
+        assert synced["toonify-admin"]["default_member_permissions"] == str(MANAGE_GUILD)
+        choices = {o["name"]: o.get("choices") for o in synced["toonify"]["options"]}
+        offered = sorted({r for s in app.config.styles.values() for r in s.strengths})
+        assert [c["value"] for c in choices["strength"]] == offered
+
+
+async def test_survives_a_gateway_loss(fake: FakeDiscord, bot: DiscordBot) -> None:
+    await fake.drop_connection()
+    await fake.wait_until_ready()
+    await _toon_for(fake, await _toonify(fake, fake.add_user("jo")))
+    assert fake.resumes == 1
+
+
+async def test_jobs_resumed_after_a_restart_answer_through_the_channel(
+    fake: FakeDiscord, app: App, bot: DiscordBot
+) -> None:
+    lee = fake.add_user("lee")
+    toon_message = await _toon_for(fake, await _toonify(fake, lee))
+    result_id = toon_message.buttons()[0]["custom_id"].split(":")[2]
+    job = await app.store.jobs.get(result_id)
+    assert job is not None
+    ref = job.chat
+    assert "token" not in str(ref)
+
+    assert await bot.refetch(ref) == face_jpeg()
+    toon = Toon(
+        result_id="r1",
+        image=fake.files_of(toon_message)[0],
+        filename="toon.jpg",
+        caption="Toon · strength 32",
+        style="toon",
+        strength=32,
+        styles=[("toon", "Toon")],
+        can_less=True,
+        can_more=False,
+        faces_only=False,
+    )
+    await bot.reply_for(ref).deliver(toon)
+    posted = await fake.wait_for_call("create_message")
+    assert posted.params["channel"] == str(fake.channel_id)
+    assert posted.payload["content"] == f"<@{lee.id}> Toon · strength 32"
+
+    await bot.reply_for(ref).fail(Refused(RefusalKind.RESEND, texts.RESTARTED))
+    told = await fake.wait_for_call(
+        "create_message", lambda c: c.payload["content"] == texts.RESTARTED
+    )
+    assert told.params["channel"] == str(fake.dm_channel(lee))
