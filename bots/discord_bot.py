@@ -3,8 +3,8 @@
 Every interaction is acknowledged at once (Discord allows 3 s) and ephemerally, so refusals,
 the place in the queue and progress stay private to the requester; only the finished toon is
 posted for everyone, with buttons to change or delete it. The buttons carry the result id and
-the requester in their custom ids (`discord.ui.DynamicItem`), so they keep working after a
-restart for as long as the service still holds the result.
+the requester in their custom ids (`discord.ui.DynamicItem`), so they survive a restart:
+Delete keeps working, re-renders then say the toon is too old (its faces were in memory).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def shrink_jpeg(image: bytes, limit: int) -> bytes:
     size = len(image)
     with Image.open(io.BytesIO(image)) as opened:
         photo = opened.convert("RGB")
-    while size > limit:
+    while size > limit and min(photo.size) > 1:
         scale = math.sqrt(limit / size) * 0.9
         photo = photo.resize(
             (max(1, int(photo.width * scale)), max(1, int(photo.height * scale))),
