@@ -177,8 +177,20 @@ def _paste_one(canvas: np.ndarray, face: Image.Image, quad: np.ndarray, feather:
     to_face = np.diag([face.width, face.height]) @ inverse
     shift = to_face @ (np.array([x0, y0]) - origin - 0.5)
     coefficients = (*to_face[0], shift[0], *to_face[1], shift[1])
-    warped = face.transform(
-        (x1 - x0, y1 - y0), Image.Transform.AFFINE, coefficients, Image.Resampling.BICUBIC
+    # Warped in floating point: Pillow's 8-bit warps truncate, which would darken by half a level.
+    warped = np.stack(
+        [
+            np.asarray(
+                band.convert("F").transform(
+                    (x1 - x0, y1 - y0),
+                    Image.Transform.AFFINE,
+                    coefficients,
+                    Image.Resampling.BICUBIC,
+                )
+            )
+            for band in face.split()
+        ],
+        axis=-1,
     )
 
     ys, xs = np.mgrid[y0:y1, x0:x1]
@@ -189,7 +201,7 @@ def _paste_one(canvas: np.ndarray, face: Image.Image, quad: np.ndarray, feather:
     mask = (ramp * ramp * (3.0 - 2.0 * ramp))[..., None].astype(np.float32)
 
     old = canvas[y0:y1, x0:x1]
-    mixed = old + (np.asarray(warped, np.float32) - old) * mask
+    mixed = old + (warped - old) * mask
     new = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
     canvas[y0:y1, x0:x1] = np.where(mask > 0, new, old)
 
