@@ -2,20 +2,22 @@
 
 The steps and constants are those of the script that made the FFHQ data set (quad from eyes and
 mouth, shrink, crop with border, reflect-pad with blur and median fill, quad transform, Lanczos
-resize), so the generator sees faces framed as in training. Three things differ, for speed:
+resize), so the generator sees faces framed as in training. What differs is only for speed:
 
 - the shrink resizes only the region around the face (Pillow's `box`), which gives exactly the
   pixels that resizing the whole photo and then cropping gives;
-- the blur of the padding (sigma = 2 % of the face, hundreds of taps on big faces) runs on a
-  block-averaged copy and is interpolated back: the blur is so wide that this changes it by
-  less than 0.2 grey levels, where the direct filter takes seconds;
-- the quad transform renders at 3x the output size (at most 4096) instead of always 4096, and
-  the Lanczos resize brings it down: the result is within one grey level of the original's
-  (pass `transform_size=4096` for the original's exact numbers; see tests/test_align.py), and
-  at 256 px it is some 25 times faster.
+- the padded image is made only where the quad transform reads it; the blur of the padding
+  (sigma = 2 % of the face, hundreds of taps on big faces) runs on block averages and is
+  interpolated back (< 0.2 grey levels from the direct filter, which takes seconds), and on
+  large images the median fill colour comes from every third pixel;
+- the quad transform renders at 3x the output size (at most 4096) instead of always 4096
+  before the Lanczos resize: on average 0.1 grey level from the original, at most 2 (pass
+  `transform_size=4096` for the original's numbers; see tests/test_align.py).
 
 Coordinates are photo pixels with pixel centres at integers, as landmark detectors give them.
 A quad lists the crop's outer corners: top-left, bottom-left, bottom-right, top-right.
+`AlignedFace.quad` is where the crop really came from, including the sub-pixel offset that the
+shrink's rounding introduces, so that paste-back puts a face exactly where it was.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ FFHQ_TRANSFORM_SIZE = 4096
 _BLUR_SIGMA_PER_BLOCK = 6.0
 # Up to this size the median colour of the padding is exact; above, it uses every third pixel.
 _EXACT_MEDIAN_PIXELS = 4_000_000
-# Rendering the quad at 3x the output size, then Lanczos, matches FFHQ's 4096 within one grey level.
+# Rendering the quad at 3x the output size, then Lanczos, is close to FFHQ's 4096 (see above).
 _OVERSAMPLING = 3
 
 
