@@ -207,7 +207,7 @@ class _Channel:
     guild_id: int | None
     recipient: FakeUser | None = None
 
-    def json(self, bot: FakeUser) -> dict[str, Any]:
+    def json(self) -> dict[str, Any]:
         if self.recipient is not None:
             return {
                 "id": str(self.id),
@@ -696,7 +696,7 @@ class FakeDiscord:
             "icon": None,
             "owner_id": str(self.owner.id),
             "roles": [everyone],
-            "channels": [self._channels[self.channel_id].json(self.bot)],
+            "channels": [self._channels[self.channel_id].json()],
             "members": [self.bot.member_json()],
             "member_count": 2,
             "features": [],
@@ -819,7 +819,7 @@ class FakeDiscord:
                 member=user.member_json(),
             )
             payload["authorizing_integration_owners"] = {"0": str(self.guild_id)}
-        payload["channel"] = channel.json(self.bot)
+        payload["channel"] = channel.json()
         if source is not None:
             payload["message"] = source.json()
         loop = asyncio.get_running_loop()
@@ -1073,7 +1073,7 @@ class FakeDiscord:
         user = self.users.get(int(request.payload["recipient_id"]))
         if user is None or user.bot:
             raise FakeError(400, 50007, "Cannot send messages to this user")
-        return Reply(body=self._channels[self.dm_channel(user)].json(self.bot))
+        return Reply(body=self._channels[self.dm_channel(user)].json())
 
     def _channel(self, request: _Request) -> _Channel:
         self._check_auth(request)
