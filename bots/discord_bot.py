@@ -255,8 +255,10 @@ class _InteractionReply:
     """Answers `/toonify` and the message menu: a private status, then a public toon.
 
     The status is the ephemeral deferred response; it is edited with the place in the queue
-    and progress, and removed once the toon is posted as a public followup. Interaction
-    tokens last 15 minutes: after that, answers go through the channel instead.
+    (always before the toon can arrive: a followup sent while the deferral is still "thinking"
+    would replace it and stay private) and progress, and removed once the toon is posted as a
+    public followup. Interaction tokens last 15 minutes; after that, answers go through the
+    channel instead.
     """
 
     def __init__(self, bot: DiscordBot, interaction: discord.Interaction) -> None:
