@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inference.encoders import (
+    EncoderArch,
+    EncoderFormatError,
+    FaceEncoder,
+    build_encoder,
+    detect_kind,
+    infer_arch,
+)
+
+# Narrow copy of IR-SE-50 + map2style: same key names, a fraction of the size.
+NARROW = EncoderArch(
+    widths=(16, 32, 48, 64), units=(1, 2, 2, 1), style_channels=16, n_styles=18, input_size=64
+)
+
+
+def _unit_params(i: int, d: int) -> int:
+    """One IR-SE unit: BN(i), 3x3 i->d, PReLU(d), 3x3 d->d, BN(d), SE(d/16), conv shortcut."""
+    shortcut = i * d + 2 * d if i != d else 0
+    return 2 * i + 9 * i * d + d + 9 * d * d + 2 * d + 2 * d * (d // 16) + shortcut
+
+
+def _expected_full_params() -> int:
+    stem = 3 * 64 * 9 + 2 * 64 + 64
+    units, i = 0, 64
+    for d, n in ((64, 3), (128, 4), (256, 14), (512, 3)):
+        units += _unit_params(i, d) + (n - 1) * _unit_params(d, d)
+        i = d
+    conv, linear = 512 * 512 * 9 + 512, 512 * 512 + 512
+    # 3 coarse blocks read 16x16 (4 convs), 4 medium 32x32 (5), 11 fine 64x64 (6).
+    styles = 3 * (4 * conv + linear) + 4 * (5 * conv + linear) + 11 * (6 * conv + linear)
+    laterals = (256 * 512 + 512) + (128 * 512 + 512)
+    return stem + units + styles + laterals
+
+
+def test_full_size_architecture_matches_the_public_checkpoints() -> None:
+    with torch.device("meta"):
+        model = FaceEncoder(EncoderArch())
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert sum(p.numel() for p in model.parameters()) == _expected_full_params() == 267_136_704
+    expected = {
+        "encoder.input_layer.0.weight": (64, 3, 3, 3),
+        "encoder.input_layer.1.running_var": (64,),
+        "encoder.input_layer.2.weight": (64,),
+        "encoder.body.0.res_layer.1.weight": (64, 64, 3, 3),
+        "encoder.body.0.res_layer.5.fc1.weight": (4, 64, 1, 1),
+        "encoder.body.3.shortcut_layer.0.weight": (128, 64, 1, 1),
+        "encoder.body.3.shortcut_layer.1.running_mean": (128,),
+        "encoder.body.7.shortcut_layer.0.weight": (256, 128, 1, 1),
+        "encoder.body.21.shortcut_layer.0.weight": (512, 256, 1, 1),
+        "encoder.body.23.res_layer.4.num_batches_tracked": (),
+        "encoder.body.23.res_layer.5.fc2.weight": (512, 32, 1, 1),
+        "encoder.styles.0.convs.6.weight": (512, 512, 3, 3),
+        "encoder.styles.6.convs.8.bias": (512,),
+        "encoder.styles.17.convs.10.weight": (512, 512, 3, 3),
+        "encoder.styles.17.linear.weight": (512, 512),
+        "encoder.latlayer1.weight": (512, 256, 1, 1),
+        "encoder.latlayer2.bias": (512,),
+    }
+    for key, shape in expected.items():
+        assert shapes[key] == shape, key
+    # Identity shortcuts carry no tensors; the stages start at units 3, 7 and 21.
+    shortcuts = sorted(int(k.split(".")[2]) for k in shapes if "shortcut_layer.0.weight" in k)
+    assert shortcuts == [3, 7, 21]
+    assert "encoder.body.24.res_layer.0.weight" not in shapes
+    assert "encoder.styles.0.convs.8.weight" not in shapes
+    assert "encoder.styles.7.convs.10.weight" in shapes
+    assert "encoder.styles.18.linear.weight" not in shapes
+    assert len([k for k in shapes if k.endswith("num_batches_tracked")]) == 1 + 24 * 2 + 3
+    # The pyramid lines up (taps after units 6, 20, 23) and gives 18 codes on meta tensors.
+    with torch.device("meta"):
+        ws = model(torch.empty(2, 3, 256, 256))
+    assert ws.shape == (2, 18, 512)
+    state = {k.removeprefix("encoder."): v for k, v in model.state_dict().items()}
+    assert infer_arch(state, "e4e") == EncoderArch(kind="e4e")
+
+
+def _narrow(kind: str = "psp", latent_avg: torch.Tensor | None = None) -> FaceEncoder:
+    torch.manual_seed(0)
+    model = FaceEncoder(EncoderArch(**{**NARROW.__dict__, "kind": kind}), latent_avg)
+    for module in model.modules():  # trained-looking BN statistics, not the identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_arch_and_weights_are_read_back_from_tensors() -> None:
+    model = _narrow("e4e")
+    state = model.encoder.state_dict()
+    rebuilt = build_encoder(state, "e4e")
+    assert rebuilt.arch == model.arch
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+    with pytest.raises(EncoderFormatError, match="missing"):
+        build_encoder({k: v for k, v in state.items() if not k.startswith("styles.")}, "psp")
+
+
+def test_e4e_adds_each_delta_to_the_first_code() -> None:
+    psp, e4e = _narrow("psp"), _narrow("e4e")
+    e4e.load_state_dict(psp.state_dict())
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        codes, ws = psp(x), e4e(x)
+    assert torch.allclose(ws[:, 0], codes[:, 0])
+    assert torch.allclose(ws[:, 1:], codes[:, 1:] + codes[:, :1], atol=1e-6)
+
+
+def test_latent_avg_is_added_in_any_stored_shape() -> None:
+    avg = torch.randn(512)
+    plain, shifted, rows = _narrow(), _narrow(latent_avg=avg), _narrow(latent_avg=avg.repeat(18, 1))
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(shifted(x) - plain(x), avg.expand(1, 18, 512), atol=1e-5)
+        assert torch.equal(rows(x), shifted(x))
+    with pytest.raises(EncoderFormatError, match="latent_avg"):
+        _narrow(latent_avg=torch.randn(14, 512))
+
+
+def _smooth_face(size: int) -> torch.Tensor:
+    """The same smooth picture sampled at pixel centres of a size x size grid."""
+    t = (torch.arange(size) + 0.5) / size
+    y, x = torch.meshgrid(t, t, indexing="ij")
+    return torch.stack([torch.sin(3 * x), torch.cos(2 * y), x * y - 0.5])[None]
+
+
+def test_input_is_resized_to_the_encoder_size() -> None:
+    model = _narrow()
+    with torch.no_grad():
+        at_size, big = model(_smooth_face(64)), model(_smooth_face(256))
+        shifted = model(_smooth_face(256).roll(8, dims=-1))
+    assert torch.allclose(big, at_size, atol=3e-4)
+    assert not torch.allclose(shifted, at_size, atol=3e-4)
+
+
+@pytest.mark.parametrize(
+    ("opts", "kind"),
+    [
+        ({"encoder_type": "GradualStyleEncoder", "start_from_latent_avg": True}, "psp"),
+        ({"encoder_type": "Encoder4Editing"}, "e4e"),
+        ({"progressive_steps": [0, 20000], "delta_norm_lambda": 2e-4}, "e4e"),
+    ],
+)
+def test_kind_comes_from_the_training_options(opts: dict[str, object], kind: str) -> None:
+    assert detect_kind(opts) == kind
+
+
+def test_unsupported_or_unknown_encoders_are_named() -> None:
+    with pytest.raises(EncoderFormatError, match="BackboneEncoderUsingLastLayerIntoW"):
+        detect_kind({"encoder_type": "BackboneEncoderUsingLastLayerIntoW"})
+    with pytest.raises(EncoderFormatError, match="which encoder"):
+        detect_kind({"dataset_type": "ffhq_encode"})
