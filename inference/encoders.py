@@ -9,14 +9,20 @@ copies with the same names.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import math
+import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.nn import functional
 
@@ -322,3 +328,86 @@ def detect_kind(opts: Mapping[str, Any]) -> EncoderKind:
     if {"progressive_steps", "delta_norm_lambda", "w_discriminator_lambda"} & set(opts):
         return "e4e"
     raise EncoderFormatError("the checkpoint's opts do not say which encoder it is")
+
+
+ENCODER_FORMAT = "toonify-encoder"
+
+
+@dataclass
+class EncoderCheckpoint:
+    """What a public pSp/e4e file holds: the encoder, its generator's tensors and its options."""
+
+    encoder: FaceEncoder
+    decoder: dict[str, Tensor] | None  # rosinality Generator state dict, `decoder.` removed
+    opts: dict[str, Any]
+
+
+def is_encoder_checkpoint(ckpt: object) -> bool:
+    """True for a loaded pSp/e4e checkpoint (a dict whose state_dict has `encoder.` tensors)."""
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    return isinstance(state, Mapping) and any(
+        isinstance(k, str) and k.startswith("encoder.") for k in state
+    )
+
+
+def from_public_checkpoint(ckpt: Mapping[str, Any]) -> EncoderCheckpoint:
+    """Build the encoder of a loaded pSp/e4e checkpoint: `state_dict`, `opts`, `latent_avg`."""
+    if not is_encoder_checkpoint(ckpt):
+        raise EncoderFormatError("not a pSp/e4e checkpoint (no encoder.* tensors in state_dict)")
+    opts = ckpt.get("opts") or {}
+    opts = dict(opts if isinstance(opts, Mapping) else vars(opts))
+    state: Mapping[str, Tensor] = ckpt["state_dict"]
+    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    decoder = {k.removeprefix("decoder."): v for k, v in state.items() if k.startswith("decoder.")}
+    latent_avg = ckpt.get("latent_avg")
+    return EncoderCheckpoint(
+        encoder=build_encoder(encoder, detect_kind(opts), latent_avg),
+        decoder=decoder or None,
+        opts=opts,
+    )
+
+
+def save_encoder(model: FaceEncoder, path: Path, source: str = "") -> None:
+    """The canonical file: public tensor names, the architecture in the metadata."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": ENCODER_FORMAT, "arch": model.arch.to_metadata(), "source": source}
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def read_canonical_encoder(path: Path) -> FaceEncoder:
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata() or {}
+        if metadata.get("format") != ENCODER_FORMAT:
+            raise EncoderFormatError(f"{path.name} is not an encoder file")
+        tensors = {k: file.get_tensor(k) for k in file.keys()}  # noqa: SIM118
+    arch = EncoderArch.from_metadata(metadata["arch"])
+    model = FaceEncoder(arch, tensors.pop("latent_avg", None))
+    state = {k.removeprefix("encoder."): v for k, v in tensors.items()}
+    model.encoder.load_state_dict(state, strict=True)
+    return model.eval().requires_grad_(False)
+
+
+def _unpickle(path: Path) -> object:
+    """torch.load restricted to tensors, containers and argparse.Namespace (pSp's opts)."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = found.group(1) if found else "something other than tensors and options"
+        raise EncoderFormatError(f"{path.name} was refused: it would load {what}") from None
+
+
+def read_encoder_checkpoint(path: Path) -> EncoderCheckpoint:
+    """A public pSp/e4e `.pt` file, read without running any code it carries."""
+    ckpt = _unpickle(path)
+    if not isinstance(ckpt, Mapping):
+        raise EncoderFormatError(f"{path.name} is not a pSp/e4e checkpoint")
+    return from_public_checkpoint(ckpt)
+
+
+def load_encoder(path: Path, device: torch.device | str = "cpu") -> FaceEncoder:
+    """An encoder from the canonical `.safetensors` or a public pSp/e4e `.pt`, on `device`."""
+    if path.suffix == ".safetensors":
+        return read_canonical_encoder(path).to(device)
+    return read_encoder_checkpoint(path).encoder.to(device)

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import argparse
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,6 +14,9 @@ from inference.encoders import (
     build_encoder,
     detect_kind,
     infer_arch,
+    load_encoder,
+    read_encoder_checkpoint,
+    save_encoder,
 )
 
 # Narrow copy of IR-SE-50 + map2style: same key names, a fraction of the size.
@@ -155,3 +162,95 @@ def test_unsupported_or_unknown_encoders_are_named() -> None:
         detect_kind({"encoder_type": "BackboneEncoderUsingLastLayerIntoW"})
     with pytest.raises(EncoderFormatError, match="which encoder"):
         detect_kind({"dataset_type": "ffhq_encode"})
+
+
+def write_public_checkpoint(
+    path: Path,
+    model: FaceEncoder,
+    *,
+    namespace: bool = True,
+    decoder: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """torch.save of what pSp/e4e's coach saves: net.state_dict(), vars(opts), latent_avg."""
+    state = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    state |= {f"decoder.{k}": v for k, v in (decoder or {}).items()}
+    encoder_type = "GradualStyleEncoder" if model.arch.kind == "psp" else "Encoder4Editing"
+    opts = {
+        "encoder_type": encoder_type,
+        "dataset_type": "ffhq_encode",
+        "input_nc": 3,
+        "start_from_latent_avg": model.latent_avg is not None,
+    }
+    ckpt: dict[str, object] = {
+        "state_dict": state,
+        "opts": argparse.Namespace(**opts) if namespace else opts,
+    }
+    if model.latent_avg is not None:
+        ckpt["latent_avg"] = model.latent_avg.clone()
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize(("kind", "namespace"), [("psp", True), ("e4e", False)])
+def test_public_checkpoint_loads_with_the_same_answers(
+    tmp_path: Path, kind: str, namespace: bool
+) -> None:
+    model = _narrow(kind, latent_avg=torch.randn(18, 512))
+    decoder = {"style.1.weight": torch.randn(512, 512), "input.input": torch.randn(1, 512, 4, 4)}
+    path = write_public_checkpoint(tmp_path / "enc.pt", model, namespace=namespace, decoder=decoder)
+    ckpt = read_encoder_checkpoint(path)
+    assert ckpt.encoder.arch == model.arch
+    assert ckpt.decoder is not None and set(ckpt.decoder) == set(decoder)
+    assert ckpt.opts["encoder_type"] in ("GradualStyleEncoder", "Encoder4Editing")
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        ws = load_encoder(path)(x)
+        assert ws.shape == (4, 18, 512)
+        assert torch.equal(ws, model(x))
+
+
+def test_checkpoint_without_latent_avg_predicts_ws_directly(tmp_path: Path) -> None:
+    model = _narrow("psp")
+    loaded = load_encoder(write_public_checkpoint(tmp_path / "enc.pt", model))
+    assert loaded.latent_avg is None
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_canonical_file_round_trips(tmp_path: Path) -> None:
+    model = _narrow("e4e", latent_avg=torch.randn(512))
+    save_encoder(model, tmp_path / "e4e.safetensors", source="e4e_ffhq_encode.pt")
+    loaded = load_encoder(tmp_path / "e4e.safetensors")
+    assert loaded.arch == model.arch
+    assert loaded.latent_avg is not None and model.latent_avg is not None
+    assert torch.equal(loaded.latent_avg, model.latent_avg)
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+class _Payload:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.target}",))
+
+
+def test_checkpoint_carrying_code_is_refused_and_nothing_runs(tmp_path: Path) -> None:
+    model = _narrow("psp")
+    path = write_public_checkpoint(tmp_path / "enc.pt", model)
+    ckpt = torch.load(path, weights_only=False)
+    marker = tmp_path / "pwned"
+    ckpt["opts"] = _Payload(marker)
+    torch.save(ckpt, path)
+    with pytest.raises(EncoderFormatError):
+        load_encoder(path)
+    assert not marker.exists()
+    # The file is a real threat: an unrestricted load runs the command.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
