@@ -35,6 +35,9 @@ class StyleSettings(Section):
 
     @model_validator(mode="after")
     def _check_strengths(self) -> StyleSettings:
+        blending = {"strengths", "default_strength", "blend_width"} & self.model_fields_set
+        if self.kind == "psp" and blending:
+            raise ValueError(f"{', '.join(sorted(blending))}: not for a psp style (one rendering)")
         for r in self.strengths:
             if r < 4 or r & (r - 1):
                 raise ValueError(f"strength {r} is not a power of two >= 4")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from inference.encoders import (
     EncoderArch,
@@ -18,6 +19,7 @@ from inference.encoders import (
     read_encoder_checkpoint,
     save_encoder,
 )
+from inference.settings import StyleSettings
 
 # Narrow copy of IR-SE-50 + map2style: same key names, a fraction of the size.
 NARROW = EncoderArch(
@@ -254,3 +256,9 @@ def test_checkpoint_carrying_code_is_refused_and_nothing_runs(tmp_path: Path) ->
     # The file is a real threat: an unrestricted load runs the command.
     torch.load(path, weights_only=False)
     assert marker.exists()
+
+
+def test_psp_style_refuses_blend_options() -> None:
+    assert StyleSettings(kind="psp", model="psp_toonify").kind == "psp"
+    with pytest.raises(ValidationError, match="strengths: not for a psp style"):
+        StyleSettings(kind="psp", model="psp_toonify", strengths=[8, 16], default_strength=8)
