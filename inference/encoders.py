@@ -9,22 +9,24 @@ copies with the same names.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
 import pickle
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn import functional
+
+from inference.checkpoints import CheckpointError
+from inference.safe_pickle import ARGPARSE_NAMESPACE, UnsafePickleError, restricted_load
 
 EncoderKind = Literal["psp", "e4e"]
 
@@ -34,8 +36,8 @@ COARSE, MIDDLE = 3, 7
 SE_REDUCTION = 16
 
 
-class EncoderFormatError(ValueError):
-    """A tensor set that is not a pSp/e4e encoder this module can build; says why."""
+class EncoderFormatError(CheckpointError):
+    """Not a pSp/e4e encoder this module can build; str() says why, for a person."""
 
 
 @dataclass(frozen=True)
@@ -331,6 +333,7 @@ def detect_kind(opts: Mapping[str, Any]) -> EncoderKind:
 
 
 ENCODER_FORMAT = "toonify-encoder"
+ENCODER_FORMAT_VERSION = "1"
 
 
 @dataclass
@@ -343,15 +346,15 @@ class EncoderCheckpoint:
 
 
 def is_encoder_checkpoint(ckpt: object) -> bool:
-    """True for a loaded pSp/e4e checkpoint (a dict whose state_dict has `encoder.` tensors)."""
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    """True for an unpickled pSp/e4e checkpoint (a dict whose state_dict has `encoder.` keys)."""
+    state = ckpt.get("state_dict") if isinstance(ckpt, Mapping) else None
     return isinstance(state, Mapping) and any(
         isinstance(k, str) and k.startswith("encoder.") for k in state
     )
 
 
 def from_public_checkpoint(ckpt: Mapping[str, Any]) -> EncoderCheckpoint:
-    """Build the encoder of a loaded pSp/e4e checkpoint: `state_dict`, `opts`, `latent_avg`."""
+    """Build the encoder of an unpickled pSp/e4e checkpoint: `state_dict`, `opts`, `latent_avg`."""
     if not is_encoder_checkpoint(ckpt):
         raise EncoderFormatError("not a pSp/e4e checkpoint (no encoder.* tensors in state_dict)")
     opts = ckpt.get("opts") or {}
@@ -367,47 +370,74 @@ def from_public_checkpoint(ckpt: Mapping[str, Any]) -> EncoderCheckpoint:
     )
 
 
-def save_encoder(model: FaceEncoder, path: Path, source: str = "") -> None:
-    """The canonical file: public tensor names, the architecture in the metadata."""
+def read_encoder_checkpoint(path: Path) -> EncoderCheckpoint:
+    """A public pSp/e4e `.pt`, unpickled with nothing but tensors, containers and Namespace."""
+    try:
+        ckpt = restricted_load(path, ARGPARSE_NAMESPACE)
+    except UnsafePickleError as exc:
+        raise EncoderFormatError(
+            f"{path}: refused: the pickle needs {exc.qualname}, which a pSp/e4e checkpoint "
+            "does not hold (a pickle can run code while it loads)"
+        ) from None
+    except (EOFError, pickle.UnpicklingError, RuntimeError, OSError) as exc:
+        raise EncoderFormatError(f"{path}: truncated, damaged or unreadable ({exc})") from None
+    try:
+        return from_public_checkpoint(ckpt)
+    except EncoderFormatError as exc:
+        raise EncoderFormatError(f"{path}: {exc}") from None
+
+
+def save_encoder(model: FaceEncoder, path: Path, *, source: str) -> None:
+    """The canonical file (atomically): public tensor names, `latent_avg`, the architecture."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {"format": ENCODER_FORMAT, "arch": model.arch.to_metadata(), "source": source}
-    save_file(tensors, str(path), metadata=metadata)
+    metadata = {
+        "format": ENCODER_FORMAT,
+        "format_version": ENCODER_FORMAT_VERSION,
+        "architecture": model.arch.to_metadata(),
+        "source": source,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(tensors, str(partial), metadata=metadata)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
-def read_canonical_encoder(path: Path) -> FaceEncoder:
-    with safe_open(str(path), framework="pt") as file:
-        metadata = file.metadata() or {}
-        if metadata.get("format") != ENCODER_FORMAT:
-            raise EncoderFormatError(f"{path.name} is not an encoder file")
-        tensors = {k: file.get_tensor(k) for k in file.keys()}  # noqa: SIM118
-    arch = EncoderArch.from_metadata(metadata["arch"])
+def read_encoder_metadata(path: Path) -> dict[str, str]:
+    """The canonical encoder file's metadata; EncoderFormatError for anything else."""
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+    except FileNotFoundError:
+        raise EncoderFormatError(f"{path}: no such file") from None
+    except (SafetensorError, OSError) as exc:
+        raise EncoderFormatError(f"{path}: damaged or truncated safetensors file ({exc})") from None
+    if metadata.get("format") != ENCODER_FORMAT:
+        raise EncoderFormatError(f"{path}: a safetensors file, but not a toonify encoder")
+    return metadata
+
+
+def _read_canonical(path: Path) -> FaceEncoder:
+    metadata = read_encoder_metadata(path)
+    tensors = load_file(str(path))
+    try:
+        arch = EncoderArch.from_metadata(metadata["architecture"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EncoderFormatError(f"{path}: bad architecture metadata ({exc})") from None
     model = FaceEncoder(arch, tensors.pop("latent_avg", None))
     state = {k.removeprefix("encoder."): v for k, v in tensors.items()}
-    model.encoder.load_state_dict(state, strict=True)
-    return model.eval().requires_grad_(False)
-
-
-def _unpickle(path: Path) -> object:
-    """torch.load restricted to tensors, containers and argparse.Namespace (pSp's opts)."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL (\S+)", str(exc))
-        what = found.group(1) if found else "something other than tensors and options"
-        raise EncoderFormatError(f"{path.name} was refused: it would load {what}") from None
-
-
-def read_encoder_checkpoint(path: Path) -> EncoderCheckpoint:
-    """A public pSp/e4e `.pt` file, read without running any code it carries."""
-    ckpt = _unpickle(path)
-    if not isinstance(ckpt, Mapping):
-        raise EncoderFormatError(f"{path.name} is not a pSp/e4e checkpoint")
-    return from_public_checkpoint(ckpt)
+        model.encoder.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise EncoderFormatError(f"{path}: tensors do not fit the metadata ({exc})") from None
+    return model.eval().requires_grad_(False)
 
 
 def load_encoder(path: Path, device: torch.device | str = "cpu") -> FaceEncoder:
     """An encoder from the canonical `.safetensors` or a public pSp/e4e `.pt`, on `device`."""
     if path.suffix == ".safetensors":
-        return read_canonical_encoder(path).to(device)
+        return _read_canonical(path).to(device)
     return read_encoder_checkpoint(path).encoder.to(device)

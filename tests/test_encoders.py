@@ -20,6 +20,7 @@ from inference.encoders import (
     save_encoder,
 )
 from inference.settings import StyleSettings
+from inference.stylegan2 import Architecture, Generator
 
 # Narrow copy of IR-SE-50 + map2style: same key names, a fraction of the size.
 NARROW = EncoderArch(
@@ -86,6 +87,15 @@ def test_full_size_architecture_matches_the_public_checkpoints() -> None:
     assert ws.shape == (2, 18, 512)
     state = {k.removeprefix("encoder."): v for k, v in model.state_dict().items()}
     assert infer_arch(state, "e4e") == EncoderArch(kind="e4e")
+
+
+def test_full_size_matches_the_published_file_size() -> None:
+    """psp_ffhq_encode.pt is listed at 1.2 GB: encoder + 1024 px rosinality decoder, float32."""
+    with torch.device("meta"):
+        encoder = FaceEncoder(EncoderArch()).state_dict()
+        decoder = Generator(Architecture(1024)).state_dict()
+    size = 4 * sum(t.numel() for t in [*encoder.values(), *decoder.values()])
+    assert 1.15e9 <= size < 1.25e9, size
 
 
 def _narrow(kind: str = "psp", latent_avg: torch.Tensor | None = None) -> FaceEncoder:
