@@ -25,8 +25,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn import functional
 
-from inference.checkpoints import CheckpointError
+from inference.checkpoints import CheckpointError, generator_from_state_dict
 from inference.safe_pickle import ARGPARSE_NAMESPACE, UnsafePickleError, restricted_load
+from inference.stylegan2 import Generator
 
 EncoderKind = Literal["psp", "e4e"]
 
@@ -368,6 +369,13 @@ def from_public_checkpoint(ckpt: Mapping[str, Any]) -> EncoderCheckpoint:
         decoder=decoder or None,
         opts=opts,
     )
+
+
+def decoder_generator(ckpt: EncoderCheckpoint, what: str) -> Generator:
+    """The StyleGAN2 generator a pSp/e4e checkpoint was trained with (its `decoder.*`)."""
+    if ckpt.decoder is None:
+        raise EncoderFormatError(f"{what}: the checkpoint holds no decoder (generator)")
+    return generator_from_state_dict(ckpt.decoder, what=f"{what} decoder")
 
 
 def read_encoder_checkpoint(path: Path) -> EncoderCheckpoint:
