@@ -9,16 +9,16 @@ Adam's update is elementwise.
 from __future__ import annotations
 
 import math
-import re
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+import torch.nn.functional as F  # noqa: N812 (the PyTorch convention)
+
+from inference.stylegan2 import Generator
 
 VGG16_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt"
 
@@ -37,38 +37,25 @@ ProgressFn = Callable[[str, int, int], None]
 StopFn = Callable[[], bool]
 LossKind = Literal["perceptual", "pixel"]
 
-_NOISE_BUFFER = re.compile(r"(?:^|\.)noises\.noise_(\d+)$")
 
-
-class Cancelled(Exception):
+class Cancelled(Exception):  # noqa: N818 (the name the worker contract uses)
     """The caller asked to stop; raised between two optimisation steps."""
 
 
-class PerceptualModelMissing(FileNotFoundError):
+class PerceptualModelMissingError(FileNotFoundError):
     """NVIDIA's vgg16.pt is not where the configuration says; the message says how to get it."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(
             f"the perceptual network {path} is missing: run `toonify models fetch-vgg16` "
-            f"(downloads {VGG16_URL}), or set invert.loss = \"pixel\""
+            f'(downloads {VGG16_URL}), or set invert.loss = "pixel"'
         )
         self.path = path
 
 
-class Generator(Protocol):
-    """What inversion needs of inference.stylegan2.Generator (the NVlabs calling convention)."""
-
-    num_ws: int
-    w_dim: int
-
-    def mapping(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor: ...
-    def synthesis(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor: ...
-    def named_buffers(self) -> object: ...
-
-
 @dataclass(frozen=True)
 class WStats:
-    mean: torch.Tensor  # [w_dim], on the generator's device and dtype
+    mean: torch.Tensor  # [w_dim] float32, on the generator's device
     std: float
 
 
@@ -81,10 +68,10 @@ class Inversion:
 Distance = Callable[[torch.Tensor], torch.Tensor]
 """Maps synthesised images [N,3,R,R] in [-1, 1] to one distance per sample [N]."""
 
-_w_stats_cache: weakref.WeakKeyDictionary[nn.Module, WStats] = weakref.WeakKeyDictionary()
+_w_stats_cache: weakref.WeakKeyDictionary[Generator, WStats] = weakref.WeakKeyDictionary()
 
 
-def w_stats(generator: nn.Module) -> WStats:
+def w_stats(generator: Generator) -> WStats:
     """Mean and spread of W from 10,000 seeded z: the start and the latent noise scale.
 
     Cached per generator object, since mapping 10,000 codes is not free at every request.
@@ -92,15 +79,12 @@ def w_stats(generator: nn.Module) -> WStats:
     cached = _w_stats_cache.get(generator)
     if cached is not None:
         return cached
-    g: Generator = generator  # type: ignore[assignment]
-    param = next(generator.parameters())
+    device = generator.input.input.device
     z = torch.randn(
-        W_STATS_SAMPLES, g.w_dim, generator=torch.Generator().manual_seed(W_STATS_SEED)
+        W_STATS_SAMPLES, generator.z_dim, generator=torch.Generator().manual_seed(W_STATS_SEED)
     )
     with torch.no_grad():
-        w = torch.cat(
-            [g.mapping(chunk.to(param), truncation_psi=1.0)[:, 0] for chunk in z.split(1000)]
-        )
+        w = torch.cat([generator.mapping(chunk.to(device))[:, 0] for chunk in z.split(1000)])
     mean = w.mean(dim=0)
     std = float(((w - mean).square().sum() / W_STATS_SAMPLES).sqrt())
     stats = WStats(mean=mean, std=std)
@@ -111,7 +95,7 @@ def w_stats(generator: nn.Module) -> WStats:
 def load_perceptual(path: Path, device: torch.device | str = "cpu") -> torch.jit.ScriptModule:
     """NVIDIA's TorchScript VGG16 (LPIPS-style features); no torchvision needed."""
     if not path.is_file():
-        raise PerceptualModelMissing(path)
+        raise PerceptualModelMissingError(path)
     return torch.jit.load(str(path), map_location=device).eval()
 
 
@@ -182,29 +166,8 @@ def noise_regulariser(noises: Sequence[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-def noise_buffer_names(generator: nn.Module) -> list[str]:
-    """Names of the per-layer constant noise buffers (`noises.noise_i`), in layer order."""
-    found = [
-        (int(m.group(1)), name)
-        for name, _ in generator.named_buffers()
-        if (m := _NOISE_BUFFER.search(name))
-    ]
-    return [name for _, name in sorted(found)]
-
-
-class _Synthesis(nn.Module):
-    """Wraps the generator so functional_call can substitute its noise buffers per sample."""
-
-    def __init__(self, generator: nn.Module) -> None:
-        super().__init__()
-        self.generator = generator
-
-    def forward(self, ws: torch.Tensor) -> torch.Tensor:
-        return self.generator.synthesis(ws, noise_mode="const")  # type: ignore[operator]
-
-
 def invert(
-    generator: nn.Module,
+    generator: Generator,
     distance: Distance,
     *,
     steps: int,
@@ -217,23 +180,19 @@ def invert(
     Face i draws its initial noise maps and its latent noise from `torch.Generator(seeds[i])`,
     so a batch gives the same codes as separate runs with the same seeds.
     """
-    g: Generator = generator  # type: ignore[assignment]
-    param = next(generator.parameters())
+    device = generator.input.input.device
     stats = w_stats(generator)
-    count = len(seeds)
     rngs = [torch.Generator().manual_seed(seed) for seed in seeds]
-    buffers = dict(generator.named_buffers())
-    names = noise_buffer_names(generator)
 
     def per_sample_randn(shape: Sequence[int]) -> torch.Tensor:
-        return torch.stack([torch.randn(*shape, generator=rng) for rng in rngs]).to(param)
+        return torch.stack([torch.randn(*shape, generator=rng) for rng in rngs]).to(device)
 
-    w_opt = stats.mean.detach().repeat(count, g.num_ws, 1).requires_grad_(True)
+    w_opt = stats.mean.repeat(len(seeds), generator.num_ws, 1).requires_grad_(True)
     noises = [
-        per_sample_randn(buffers[name].shape[1:]).requires_grad_(True) for name in names
+        per_sample_randn(buffer.shape[1:]).requires_grad_(True)
+        for buffer in generator.noise_buffers()
     ]
     optimiser = torch.optim.Adam([w_opt, *noises], betas=(0.9, 0.999), lr=LEARNING_RATE)
-    synthesis = _Synthesis(generator)
 
     for step in range(steps):
         if should_stop is not None and should_stop():
@@ -242,8 +201,7 @@ def invert(
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(t)
         w_noise = per_sample_randn(w_opt.shape[1:]) * latent_noise_scale(t, stats.std)
-        overrides = {f"generator.{name}": noise for name, noise in zip(names, noises, strict=True)}
-        images = torch.func.functional_call(synthesis, overrides, (w_opt + w_noise,))
+        images = generator.synthesis(w_opt + w_noise, noise=noises)
         loss = (distance(images) + NOISE_REGULARISATION * noise_regulariser(noises)).sum()
         grads = torch.autograd.grad(loss, [w_opt, *noises])
         for tensor, grad in zip([w_opt, *noises], grads, strict=True):

@@ -32,6 +32,7 @@ from inference.invert import (
     load_perceptual,
     perceptual_distance,
     pixel_distance,
+    w_stats,
 )
 from inference.settings import (
     FacesSettings,
@@ -45,6 +46,7 @@ from inference.stylegan2 import Generator
 __all__ = [
     "Cancelled",
     "Latents",
+    "NoFace",
     "Prepared",
     "ProgressFn",
     "Result",
@@ -52,6 +54,15 @@ __all__ = [
     "StyleInfo",
     "Toonifier",
 ]
+
+
+class NoFace(Exception):  # noqa: N818 (the name the worker contract uses)
+    """No face in the photo that can be used; `reason` is for the person who sent it."""
+
+    def __init__(self, skipped: Sequence[str]) -> None:
+        self.skipped = list(skipped)
+        self.reason = " ".join(["I could not find a face I can use in this photo.", *skipped])
+        super().__init__(self.reason)
 
 
 class ToonifierConfig(Protocol):
@@ -176,6 +187,7 @@ class Toonifier:
         self.steps = steps
         self.make_distance = make_distance
         self.device = next(face.parameters()).device
+        w_stats(face)  # computed now rather than during the first request
 
     @classmethod
     def from_config(cls, config: ToonifierConfig) -> Toonifier:
@@ -249,9 +261,7 @@ class Toonifier:
         )
         elapsed = time.perf_counter() - start
         latents = []
-        for prepared, ws in zip(
-            batch, found.ws.split([len(p.faces) for p in batch]), strict=True
-        ):
+        for prepared, ws in zip(batch, found.ws.split([len(p.faces) for p in batch]), strict=True):
             prepared.timings["invert"] = elapsed
             latents.append(Latents(ws=ws.clone()))
         return latents

@@ -38,7 +38,7 @@ def photo(
     """Toonify every face of a photo and write the result (format from OUT's extension)."""
     # torch loads here, not when any other command starts.
     from inference.images import ImageError
-    from inference.invert import PerceptualModelMissing
+    from inference.invert import PerceptualModelMissingError
     from inference.pipeline import NoFace, Toonifier
 
     config = settings(ctx)
@@ -51,7 +51,7 @@ def photo(
     with console.status("loading models"):
         try:
             toonifier = Toonifier.from_config(config)
-        except (PerceptualModelMissing, FileNotFoundError, ValueError) as exc:
+        except (PerceptualModelMissingError, FileNotFoundError, ValueError) as exc:
             fail(str(exc))
     try:
         toonifier.pick(style, strength)
@@ -72,7 +72,7 @@ def photo(
     console.print(
         f"{output}: {len(result.faces)} face(s), {result.style} strength {result.strength}"
     )
-    console.print(format_timings(result.timings, toonifier.steps), highlight=False)
+    console.print(format_timings(result.timings, toonifier.steps), highlight=False, soft_wrap=True)
 
 
 def _with_steps(config: Settings, steps: int) -> Settings:
