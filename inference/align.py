@@ -2,20 +2,22 @@
 
 The steps and constants are those of the script that made the FFHQ data set (quad from eyes and
 mouth, shrink, crop with border, reflect-pad with blur and median fill, quad transform, Lanczos
-resize), so the generator sees faces framed as in training. Three things differ, for speed:
+resize), so the generator sees faces framed as in training. What differs is only for speed:
 
 - the shrink resizes only the region around the face (Pillow's `box`), which gives exactly the
   pixels that resizing the whole photo and then cropping gives;
-- the blur of the padding (sigma = 2 % of the face, hundreds of taps on big faces) runs on a
-  block-averaged copy and is interpolated back: the blur is so wide that this changes it by
-  less than 0.2 grey levels, where the direct filter takes seconds;
-- the quad transform renders at 3x the output size (at most 4096) instead of always 4096, and
-  the Lanczos resize brings it down: the result is within one grey level of the original's
-  (pass `transform_size=4096` for the original's exact numbers; see tests/test_align.py), and
-  at 256 px it is some 25 times faster.
+- the padded image is made only where the quad transform reads it; the blur of the padding
+  (sigma = 2 % of the face, hundreds of taps on big faces) runs on block averages and is
+  interpolated back (< 0.2 grey levels from the direct filter, which takes seconds), and on
+  large images the median fill colour comes from every third pixel;
+- the quad transform renders at 3x the output size (at most 4096) instead of always 4096
+  before the Lanczos resize: on average 0.1 grey level from the original, at most 2 (pass
+  `transform_size=4096` for the original's numbers; see tests/test_align.py).
 
 Coordinates are photo pixels with pixel centres at integers, as landmark detectors give them.
 A quad lists the crop's outer corners: top-left, bottom-left, bottom-right, top-right.
+`AlignedFace.quad` is where the crop really came from, including the sub-pixel offset that the
+shrink's rounding introduces, so that paste-back puts a face exactly where it was.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from scipy import ndimage
 FFHQ_TRANSFORM_SIZE = 4096
 # The padding blur runs on blocks of a sixth of sigma: within 0.2 grey levels of the direct filter.
 _BLUR_SIGMA_PER_BLOCK = 6.0
-# Rendering the quad at 3x the output size, then Lanczos, matches FFHQ's 4096 within one grey level.
+# Up to this size the median colour of the padding is exact; above, it uses every third pixel.
+_EXACT_MEDIAN_PIXELS = 4_000_000
+# Rendering the quad at 3x the output size, then Lanczos, is close to FFHQ's 4096 (see above).
 _OVERSAMPLING = 3
 
 
@@ -130,8 +134,12 @@ def align_face(
     pad = np.maximum(pad, 0)
     if pad.max() > border - 4:
         pad = np.maximum(pad, round(qsize * 0.3))
-        region = _pad_blend(np.asarray(region), pad, qsize)
         quad = quad + pad[:2]
+        # Only the part of the padded image that the transform reads is made.
+        x0, y0, x1, y1 = _bounds(quad)
+        window = (x0 - 2, y0 - 2, x1 + 2, y1 + 2)
+        region = _pad_blend(np.asarray(region), pad, qsize, window)
+        quad = quad - window[:2]
 
     # Quad transform, then an antialiased resize to the output size.
     render = transform_size or _transform_size(size)
@@ -206,62 +214,109 @@ def _paste_one(canvas: np.ndarray, face: Image.Image, quad: np.ndarray, feather:
     canvas[y0:y1, x0:x1] = np.where(mask > 0, new, old)
 
 
-def _pad_blend(image: np.ndarray, pad: np.ndarray, qsize: float) -> Image.Image:
-    """Reflect-pad, then fade the padding towards a blur and the median colour (FFHQ step 6)."""
-    left, top, right, bottom = (int(p) for p in pad)
-    padded = np.pad(
-        image.astype(np.float32), ((top, bottom), (left, right), (0, 0)), mode="reflect"
-    )
-    h, w, _ = padded.shape
-    y, x = np.ogrid[:h, :w]
-    x, y = x.astype(np.float32), y.astype(np.float32)
-    mask_x = 1.0 - np.minimum(x / left, (w - 1 - x) / right)
-    mask_y = 1.0 - np.minimum(y / top, (h - 1 - y) / bottom)
-    mask = np.maximum(mask_x, mask_y)[..., None]
-    blurred = _wide_blur(padded, qsize * 0.02)
-    padded += (blurred - padded) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
-    padded += (np.median(padded, axis=(0, 1)) - padded) * np.clip(mask, 0.0, 1.0)
-    return Image.fromarray(np.clip(np.rint(padded), 0, 255).astype(np.uint8), "RGB")
+def _pad_blend(
+    image: np.ndarray, pad: np.ndarray, qsize: float, window: tuple[int, int, int, int]
+) -> Image.Image:
+    """FFHQ step 6, made only on the `window` (x0, y0, x1, y1) of the padded image.
 
-
-def _wide_blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """scipy's Gaussian (mode reflect) over H and W, through block averages when sigma is wide.
-
-    Block-averaging by k and bilinear interpolation back add variances of about (k^2 - 1) / 12
-    and k^2 / 6; the Gaussian on the blocks supplies the rest, so the total stays sigma^2. The
-    image is first mirrored by the filter's reach, as scipy's reflect mode does, so that the
-    blocks' own edges never matter.
+    Reflect-pad, fade the padding towards a blur, then towards the median colour of the whole
+    blurred image. On large images that median is taken over every third pixel each way:
+    hundredths of a grey level from the exact one, for a ninth of the work.
     """
-    block = math.floor(sigma / _BLUR_SIGMA_PER_BLOCK)
-    if block < 2:
-        return ndimage.gaussian_filter(image, [sigma, sigma, 0])
-    h, w, _ = image.shape
-    margin = block * math.ceil((4 * sigma + block) / block)
-    extended = np.pad(
-        image,
-        ((margin, margin - h % block), (margin, margin - w % block), (0, 0)),
-        mode="symmetric",
-    )
-    blocks = extended.reshape(extended.shape[0] // block, block, -1, block, 3).mean(axis=(1, 3))
-    rest = sigma**2 - (block**2 - 1) / 12 - block**2 / 6
-    small = ndimage.gaussian_filter(blocks, [math.sqrt(rest) / block] * 2 + [0])
-    return _upsample(small, block)[margin : margin + h, margin : margin + w]
+    left, top, right, bottom = (int(p) for p in pad)
+    padded = np.pad(image, ((top, bottom), (left, right), (0, 0)), mode="reflect")
+    blur = _Blur(padded, qsize * 0.02)
+    mask = _PadMask(pad, padded.shape)
+
+    step = 1 if padded.shape[0] * padded.shape[1] <= _EXACT_MEDIAN_PIXELS else 3
+    grid = padded[step // 2 :: step, step // 2 :: step]
+    ny, nx = grid.shape[:2]
+    weights = mask.at(0, 0, nx, ny, step)
+    sample = grid + (blur.at(0, 0, nx, ny, step) - grid) * np.clip(weights * 3.0 + 1.0, 0.0, 1.0)
+    median = np.median(sample, axis=(0, 1))
+
+    x0, y0, x1, y1 = window
+    raw = padded[y0:y1, x0:x1]
+    weights = mask.at(x0, y0, x1 - x0, y1 - y0)
+    out = raw + (blur.at(x0, y0, x1 - x0, y1 - y0) - raw) * np.clip(weights * 3.0 + 1.0, 0.0, 1.0)
+    out += (median - out) * np.clip(weights, 0.0, 1.0)
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
 
 
-def _upsample(small: np.ndarray, factor: int) -> np.ndarray:
-    """Bilinear upsampling by an integer factor, block centres on block centres."""
-    out = small
-    for axis in (0, 1):
-        n = out.shape[axis]
-        pos = (np.arange(n * factor) + 0.5) / factor - 0.5
-        lo = np.clip(np.floor(pos).astype(int), 0, n - 1)
-        hi = np.minimum(lo + 1, n - 1)
-        t = np.clip(pos - lo, 0.0, 1.0).astype(np.float32)
-        shape = [1, 1, 1]
-        shape[axis] = -1
-        t = t.reshape(shape)
-        out = np.take(out, lo, axis=axis) * (1 - t) + np.take(out, hi, axis=axis) * t
-    return out
+class _PadMask:
+    """FFHQ's padding mask: 0 on the photo's edge, 1 on the padded image's edge, < 0 inside."""
+
+    def __init__(self, pad: np.ndarray, shape: tuple[int, ...]) -> None:
+        self.left, self.top, self.right, self.bottom = (float(p) for p in pad)
+        self.height, self.width = shape[:2]
+
+    def at(self, x0: int, y0: int, nx: int, ny: int, step: int = 1) -> np.ndarray:
+        """[ny, nx, 1] at pixels x0 + step * j + step // 2 (and the same for y)."""
+        x = (x0 + step // 2 + step * np.arange(nx)).astype(np.float32)
+        y = (y0 + step // 2 + step * np.arange(ny)).astype(np.float32)
+        mask_x = 1.0 - np.minimum(x / self.left, (self.width - 1 - x) / self.right)
+        mask_y = 1.0 - np.minimum(y / self.top, (self.height - 1 - y) / self.bottom)
+        return np.maximum(mask_x[None, :], mask_y[:, None])[..., None]
+
+
+class _Blur:
+    """scipy's Gaussian (mode reflect) of an image, read back on any regular grid of pixels.
+
+    A wide sigma runs on block averages: block-averaging by k and bilinear interpolation back
+    add variances of about (k^2 - 1) / 12 and k^2 / 6, and the Gaussian on the blocks supplies
+    the rest. The image is first mirrored by the filter's reach, as scipy's reflect mode does,
+    so that the blocks' own edges never matter.
+    """
+
+    def __init__(self, image: np.ndarray, sigma: float) -> None:
+        self.block = math.floor(sigma / _BLUR_SIGMA_PER_BLOCK)
+        if self.block < 2:
+            self.full = ndimage.gaussian_filter(image.astype(np.float32), [sigma, sigma, 0])
+            return
+        k = self.block
+        h, w, _ = image.shape
+        self.margin = k * math.ceil((4 * sigma + k) / k)
+        m = self.margin
+        extended = np.pad(image, ((m, m - h % k), (m, m - w % k), (0, 0)), mode="symmetric")
+        blocks = extended.reshape(extended.shape[0] // k, k, -1, k, 3)
+        blocks = blocks.mean(axis=(1, 3), dtype=np.float32)
+        rest = sigma**2 - (k**2 - 1) / 12 - k**2 / 6
+        self.small = ndimage.gaussian_filter(blocks, [math.sqrt(rest) / k] * 2 + [0])
+        self.channels = [
+            Image.fromarray(np.ascontiguousarray(self.small[..., c]), "F") for c in range(3)
+        ]
+
+    def at(self, x0: int, y0: int, nx: int, ny: int, step: int = 1) -> np.ndarray:
+        """[ny, nx, 3] at pixels x0 + step * j + step // 2 (and the same for y); step is odd."""
+        half = step // 2
+        if self.block < 2:
+            return self.full[y0 + half :: step, x0 + half :: step][:ny, :nx]
+        m, k = self.margin, self.block
+        if step == 1:  # Pillow's bilinear enlargement, block centres on block centres.
+            box = ((m + x0) / k, (m + y0) / k, (m + x0 + nx) / k, (m + y0 + ny) / k)
+            return np.stack(
+                [
+                    np.asarray(channel.resize((nx, ny), Image.Resampling.BILINEAR, box=box))
+                    for channel in self.channels
+                ],
+                axis=-1,
+            )
+        # The same interpolation on a sparse grid, where Pillow would low-pass the reduction.
+        ys = (m + y0 + half + step * np.arange(ny) + 0.5) / k - 0.5
+        xs = (m + x0 + half + step * np.arange(nx) + 0.5) / k - 0.5
+        return _lerp(_lerp(self.small, ys, axis=0), xs, axis=1)
+
+
+def _lerp(values: np.ndarray, positions: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation of `values` at fractional indices along one axis, edges held."""
+    n = values.shape[axis]
+    lo = np.clip(np.floor(positions).astype(np.intp), 0, n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    shape = [1] * values.ndim
+    shape[axis] = -1
+    t = np.clip(positions - lo, 0.0, 1.0).astype(np.float32).reshape(shape)
+    below, above = np.take(values, lo, axis=axis), np.take(values, hi, axis=axis)
+    return below + (above - below) * t
 
 
 def _transform_size(size: int) -> int:

@@ -8,7 +8,7 @@ import scipy.ndimage
 from PIL import Image
 from skimage import data
 
-from inference.align import AlignedFace, _wide_blur, align_face, ffhq_quad, paste_back
+from inference.align import AlignedFace, _Blur, align_face, ffhq_quad, paste_back
 from inference.faces import DlibBackend, FaceDetector
 
 
@@ -157,11 +157,14 @@ def test_padding_is_filled_not_black() -> None:
     assert crop[:8, :8].min() > 20  # the quad's corner lies outside the photo
 
 
-def test_wide_blur_is_scipys_gaussian() -> None:
-    image = np.asarray(textured(700, 600), np.float32)
+def test_blur_is_scipys_gaussian_on_any_grid() -> None:
+    image = np.asarray(textured(700, 600))
     for sigma in (4.0, 13.0, 40.0):
-        direct = scipy.ndimage.gaussian_filter(image, [sigma, sigma, 0])
-        assert np.abs(_wide_blur(image, sigma) - direct).max() < 0.25
+        direct = scipy.ndimage.gaussian_filter(image.astype(np.float32), [sigma, sigma, 0])
+        blur = _Blur(image, sigma)
+        assert np.abs(blur.at(0, 0, 700, 600) - direct).max() < 0.25
+        assert np.abs(blur.at(50, 30, 200, 100) - direct[30:130, 50:250]).max() < 0.25
+        assert np.abs(blur.at(0, 0, 233, 200, 3) - direct[1::3, 1::3]).max() < 0.25
 
 
 @pytest.mark.parametrize("size", [512, 48])
