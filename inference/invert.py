@@ -9,6 +9,7 @@ Adam's update is elementwise.
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ StopFn = Callable[[], bool]
 LossKind = Literal["perceptual", "pixel"]
 
 
-class Cancelled(Exception):  # noqa: N818 (the name the worker contract uses)
+class Cancelled(Exception):
     """The caller asked to stop; raised between two optimisation steps."""
 
 
@@ -96,7 +97,10 @@ def load_perceptual(path: Path, device: torch.device | str = "cpu") -> torch.jit
     """NVIDIA's TorchScript VGG16 (LPIPS-style features); no torchvision needed."""
     if not path.is_file():
         raise PerceptualModelMissingError(path)
-    return torch.jit.load(str(path), map_location=device).eval()
+    with warnings.catch_warnings():
+        # TorchScript is deprecated, but it is the only form NVIDIA publishes this network in.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location=device).eval()
 
 
 def perceptual_distance(vgg: Callable[..., torch.Tensor], targets: torch.Tensor) -> Distance:

@@ -46,7 +46,7 @@ from inference.stylegan2 import Generator
 __all__ = [
     "Cancelled",
     "Latents",
-    "NoFace",
+    "NoFaceError",
     "Prepared",
     "ProgressFn",
     "Result",
@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 
-class NoFace(Exception):  # noqa: N818 (the name the worker contract uses)
+class NoFaceError(Exception):
     """No face in the photo that can be used; `reason` is for the person who sent it."""
 
     def __init__(self, skipped: Sequence[str]) -> None:
@@ -231,7 +231,7 @@ class Toonifier:
             detection = self.detector.detect(photo)
         skipped = [s.reason for s in detection.skipped]
         if not detection.faces:
-            raise NoFace(skipped)
+            raise NoFaceError(skipped)
         with _timed(timings, "align"):
             faces = [align_face(photo, f.landmarks, self.resolution) for f in detection.faces]
         return Prepared(photo, faces, skipped, timings)

@@ -100,6 +100,7 @@ def test_batch_equals_separate_runs_with_the_same_seeds(
     assert (other.ws[0] - together.ws[0]).abs().max() > 0.01
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 def test_perceptual_path_loads_torchscript_and_descends(
     tmp_path: Path, generator: Generator, targets: torch.Tensor
 ) -> None:

@@ -39,7 +39,7 @@ def photo(
     # torch loads here, not when any other command starts.
     from inference.images import ImageError
     from inference.invert import PerceptualModelMissingError
-    from inference.pipeline import NoFace, Toonifier
+    from inference.pipeline import NoFaceError, Toonifier
 
     config = settings(ctx)
     if steps is not None:
@@ -56,7 +56,7 @@ def photo(
     try:
         toonifier.pick(style, strength)
         prepared, result = _run(toonifier, data, style, strength)
-    except (ImageError, NoFace) as exc:
+    except (ImageError, NoFaceError) as exc:
         fail(exc.reason)
     except ValueError as exc:
         fail(str(exc))
