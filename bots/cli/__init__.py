@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bots.cli import bench, config, models, quota, run
+from bots.cli import bench, config, faces, models, photo, quota, run
 
 app = typer.Typer(
     name="toonify",
@@ -37,3 +37,5 @@ app.add_typer(models.app, name="models")
 app.add_typer(quota.app, name="quota")
 app.add_typer(bench.app, name="bench")
 app.command("run")(run.run)
+app.command("faces")(faces.faces)
+app.command("photo")(photo.photo)

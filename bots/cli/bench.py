@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import sqlite3
 import statistics
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
+import numpy as np
 import typer
+from PIL import Image
 from rich.table import Table
 
-from bots.cli.common import console, settings
+from bots.cli.common import console, fail, settings
+from inference.align import align_face
+from inference.faces import FaceBackendError, FaceDetector, make_backend
+from inference.images import ImageError, decode_image
 
 if TYPE_CHECKING:
     import torch
@@ -20,12 +29,117 @@ app = typer.Typer(
 )
 
 
-def _device(name: str) -> str:
-    import torch
+@app.command("storage")
+def storage(
+    ops: Annotated[int, typer.Option(min=1, help="Operations per run.")] = 500,
+    runs: Annotated[int, typer.Option(min=1, help="Runs; the table shows their median.")] = 5,
+    tasks: Annotated[int, typer.Option(min=1, help="Coroutines in the concurrent row.")] = 16,
+    folder: Annotated[
+        Path | None, typer.Option("--dir", help="Where the scratch database goes (disk matters).")
+    ] = None,
+) -> None:
+    """Quota operations per second on a scratch SQLite database (WAL)."""
+    from storage.bench import measure
 
-    if name != "auto":
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    rates = asyncio.run(measure(ops, runs, tasks, folder))
+    table = Table(title=f"Storage: SQLite {sqlite3.sqlite_version}, {ops} ops x {runs} runs")
+    table.add_column("operation")
+    for column in ("median ops/s", "min", "max"):
+        table.add_column(column, justify="right")
+    for rate in rates:
+        table.add_row(
+            rate.operation,
+            f"{rate.median:,.0f}",
+            f"{min(rate.per_second):,.0f}",
+            f"{max(rate.per_second):,.0f}",
+        )
+    console.print(table)
+
+
+@app.command("faces")
+def faces(
+    ctx: typer.Context,
+    photos: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            exists=True, dir_okay=False, help="Photos (default: test photos from scikit-image)."
+        ),
+    ] = None,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per photo (median shown).")] = 5,
+    size: Annotated[int, typer.Option(min=16, max=4096, help="Aligned crop size.")] = 1024,
+) -> None:
+    """Decode, detection (+ landmarks) and alignment time per photo, for each backend."""
+    config = settings(ctx)
+    named = {path.name: path.read_bytes() for path in photos} if photos else _sample_photos()
+    try:
+        decoded = {name: decode_image(data, config.limits) for name, data in named.items()}
+    except ImageError as exc:
+        fail(str(exc))
+    table = Table("photo", "backend", "faces", "decode", "detect", f"align {size}", "total")
+    missing = []
+    for name in ("face-alignment", "dlib"):
+        try:
+            backend = make_backend(name, config.models.device)
+        except FaceBackendError as exc:
+            missing.append(f"{name} is unavailable: {exc}")
+            continue
+        where = getattr(backend, "device", "cpu")
+        detector = FaceDetector(backend, config.faces.max_faces, config.faces.min_size)
+        for photo, image in decoded.items():
+            decode = _median(runs, decode_image, named[photo], config.limits)
+            found = detector.detect(image)
+            detect = _median(runs, detector.detect, image)
+            align = _median(runs, _align_all, image, [f.landmarks for f in found.faces], size)
+            table.add_row(
+                f"{photo} {image.width}x{image.height}",
+                f"{name} ({where})",
+                str(len(found.faces)),
+                *(f"{t * 1000:.0f} ms" for t in (decode, detect, align, decode + detect + align)),
+            )
+    console.print(table)
+    for line in missing:
+        console.print(f"[yellow]{line}[/yellow]")
+
+
+def _median(runs: int, work: Callable[..., object], *args: Any) -> float:
+    """Median seconds of `runs` calls of work(*args) after one warm-up call."""
+    work(*args)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        work(*args)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _align_all(image: Image.Image, landmarks: list[np.ndarray], size: int) -> None:
+    for marks in landmarks:
+        align_face(image, marks, size)
+
+
+def _sample_photos() -> dict[str, bytes]:
+    """The astronaut as sent, as a 12 MP phone photo, and beside a smaller copy of herself."""
+    try:
+        from skimage import data
+    except ImportError:
+        fail("pass photos, or install the dev extra (scikit-image) for the sample photos")
+    astronaut = Image.fromarray(data.astronaut())
+    phone = Image.new("RGB", (4032, 3024), (90, 90, 100))
+    phone.paste(astronaut.resize((2400, 2400), Image.Resampling.LANCZOS), (800, 300))
+    pair = Image.new("RGB", (1000, 560), (128, 128, 128))
+    pair.paste(astronaut, (0, 0))
+    pair.paste(astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((420, 420)), (560, 120))
+    return {
+        "astronaut.jpg": _jpeg(astronaut),
+        "phone.jpg": _jpeg(phone),
+        "two-faces.jpg": _jpeg(pair),
+    }
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=92)
+    return out.getvalue()
 
 
 @app.command("encoder")
@@ -37,8 +151,9 @@ def encoder(
     import torch
 
     from inference.encoders import EncoderArch, FaceEncoder
+    from inference.pipeline import resolve_device
 
-    device = torch.device(_device(settings(ctx).models.device))
+    device = resolve_device(settings(ctx).models.device)
     dtypes = [torch.float32]
     if device.type == "cuda":
         dtypes += [torch.float16, torch.bfloat16]
@@ -51,7 +166,8 @@ def encoder(
         model.to(dtype)
         for batch in (1, 8):
             faces = torch.rand(batch, 3, 256, 256, device=device, dtype=dtype) * 2 - 1
-            seconds = _median_seconds(lambda x=faces: model(x), runs, device)
+            with torch.inference_mode():
+                seconds = _median(runs, _forward, model, faces)
             table.add_row(
                 str(dtype).removeprefix("torch."),
                 str(batch),
@@ -62,17 +178,10 @@ def encoder(
     console.print(table)
 
 
-def _median_seconds(step: Callable[[], object], runs: int, device: torch.device) -> float:
-    """Median wall time of `step()` after one warm-up call, GPU work included."""
+def _forward(model: Callable[[torch.Tensor], torch.Tensor], faces: torch.Tensor) -> None:
+    """One forward pass, GPU work included (CUDA runs asynchronously)."""
     import torch
 
-    times = []
-    with torch.inference_mode():
-        for i in range(runs + 1):
-            start = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    model(faces)
+    if faces.is_cuda:
+        torch.cuda.synchronize(faces.device)

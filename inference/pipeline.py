@@ -1,0 +1,345 @@
+"""Toonifier: photo bytes -> toon faces pasted back, the way the toonify notebook does it.
+
+Decode, detect and align the faces (FFHQ framing), find each face's W+ code in the FFHQ
+generator, render that code with a blended model (toon structure, FFHQ texture) and paste the
+result back. Synchronous and single-threaded by design: the worker calls it from one thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from inference.align import AlignedFace, align_face, paste_back
+from inference.blend import blend
+from inference.checkpoints import load_generator
+from inference.faces import FaceDetector, make_detector
+from inference.images import decode_image
+from inference.invert import (
+    Cancelled,
+    Distance,
+    ProgressFn,
+    StopFn,
+    invert,
+    load_perceptual,
+    perceptual_distance,
+    pixel_distance,
+    w_stats,
+)
+from inference.settings import (
+    FacesSettings,
+    InvertSettings,
+    LimitsSettings,
+    ModelsSettings,
+    StyleSettings,
+)
+from inference.stylegan2 import Generator
+
+__all__ = [
+    "Cancelled",
+    "Latents",
+    "NoFaceError",
+    "Prepared",
+    "ProgressFn",
+    "Result",
+    "StopFn",
+    "StyleInfo",
+    "Toonifier",
+]
+
+
+class NoFaceError(Exception):
+    """No face in the photo that can be used; `reason` is for the person who sent it."""
+
+    def __init__(self, skipped: Sequence[str]) -> None:
+        self.skipped = list(skipped)
+        self.reason = " ".join(["I could not find a face I can use in this photo.", *skipped])
+        super().__init__(self.reason)
+
+
+class ToonifierConfig(Protocol):
+    """The sections of bots.config.Settings the Toonifier reads."""
+
+    models: ModelsSettings
+    styles: Mapping[str, StyleSettings]
+    style: str
+    faces: FacesSettings
+    limits: LimitsSettings
+    invert: InvertSettings
+
+
+@dataclass(frozen=True)
+class StyleInfo:
+    name: str
+    label: str
+    strengths: list[int]
+    default_strength: int
+
+
+@dataclass
+class Prepared:
+    """Decode + detect + align done; nothing on the accelerator yet."""
+
+    photo: Image.Image
+    faces: list[AlignedFace]
+    skipped: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Latents:
+    """What the latent cache keeps for re-rendering: W+ codes of the faces of one photo."""
+
+    ws: torch.Tensor  # [n_faces, num_ws, w_dim], CPU float32
+    noises: list[torch.Tensor] | None = None
+
+
+@dataclass
+class Result:
+    photo: Image.Image
+    faces: list[Image.Image]
+    latents: Latents
+    style: str
+    strength: int
+    skipped: list[str]
+    timings: dict[str, float]
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` means CUDA when this machine has it, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def model_path(models: ModelsSettings, name: str) -> Path:
+    """A model named in the config: a file in models.dir, `.safetensors` implied."""
+    path = models.dir / name
+    return path if path.suffix else path.with_suffix(".safetensors")
+
+
+def to_tensor(images: Sequence[Image.Image], device: torch.device) -> torch.Tensor:
+    """RGB images -> [N, 3, H, W] float32 in [-1, 1]."""
+    array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2).to(device) / 127.5 - 1
+
+
+def to_images(batch: torch.Tensor) -> list[Image.Image]:
+    """[N, 3, H, W] in [-1, 1] -> RGB images (rounded, clipped)."""
+    pixels = ((batch.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return [Image.fromarray(a, "RGB") for a in pixels.permute(0, 2, 3, 1).cpu().numpy()]
+
+
+def prepare_blends(
+    structure: Generator,
+    texture: Generator,
+    strengths: Sequence[int],
+    blend_width: float | None,
+    dtype: torch.dtype,
+) -> dict[int, Generator]:
+    """One blended generator per strength (swap resolution), ready to render."""
+    return {
+        strength: blend(structure, texture, strength, blend_width)
+        .to(dtype)
+        .eval()
+        .requires_grad_(False)
+        for strength in strengths
+    }
+
+
+class Toonifier:
+    """Every model loaded once; prepare/invert/finish/render run on the caller's thread."""
+
+    def __init__(
+        self,
+        face: Generator,
+        blends: Mapping[str, Mapping[int, Generator]],
+        styles: Mapping[str, StyleInfo],
+        default_style: str,
+        detector: FaceDetector,
+        limits: LimitsSettings,
+        steps: int,
+        make_distance: Callable[[torch.Tensor], Distance],
+    ) -> None:
+        self.face = face.eval().requires_grad_(False)
+        self.blends = blends
+        self.styles = styles
+        self.default_style = default_style
+        self.detector = detector
+        self.limits = limits
+        self.steps = steps
+        self.make_distance = make_distance
+        self.device = next(face.parameters()).device
+        w_stats(face)  # computed now rather than during the first request
+
+    @classmethod
+    def from_config(cls, config: ToonifierConfig) -> Toonifier:
+        """Load the FFHQ generator and every style, and blend every strength, once."""
+        if config.invert.method != "optimize":
+            raise ValueError(f"invert.method {config.invert.method!r} is not available yet")
+        device = resolve_device(config.models.device)
+        dtype = getattr(torch, config.models.dtype)
+        face = load_generator(model_path(config.models, config.models.face), device=device)
+        blends: dict[str, dict[int, Generator]] = {}
+        styles: dict[str, StyleInfo] = {}
+        for name, style in config.styles.items():
+            structure = load_generator(model_path(config.models, style.model), device=device)
+            blends[name] = prepare_blends(
+                structure, face, style.strengths, style.blend_width, dtype
+            )
+            styles[name] = StyleInfo(
+                name, style.label or name, list(style.strengths), style.default_strength
+            )
+        return cls(
+            face=face,
+            blends=blends,
+            styles=styles,
+            default_style=config.style,
+            detector=make_detector(config.faces, str(device)),
+            limits=config.limits,
+            steps=config.invert.steps,
+            make_distance=_distance_factory(config.invert, config.models, device),
+        )
+
+    @property
+    def resolution(self) -> int:
+        return int(self.face.resolution)
+
+    def prepare(self, image: bytes) -> Prepared:
+        """Decode, detect and align; raises the typed errors of images.py and faces.py."""
+        timings: dict[str, float] = {}
+        with _timed(timings, "decode"):
+            photo = decode_image(image, self.limits)
+        with _timed(timings, "detect"):
+            detection = self.detector.detect(photo)
+        skipped = [s.reason for s in detection.skipped]
+        if not detection.faces:
+            raise NoFaceError(skipped)
+        with _timed(timings, "align"):
+            faces = [align_face(photo, f.landmarks, self.resolution) for f in detection.faces]
+        return Prepared(photo, faces, skipped, timings)
+
+    def invert(
+        self,
+        batch: Sequence[Prepared],
+        progress: ProgressFn | None = None,
+        should_stop: StopFn | None = None,
+    ) -> list[Latents]:
+        """All faces of all jobs in one optimisation; each face as if it were alone.
+
+        A face's seed is its index in its photo, so a job's result does not depend on the
+        batch it landed in. Adds the shared "invert" seconds to each job's timings.
+        """
+        start = time.perf_counter()
+        faces = [face for prepared in batch for face in prepared.faces]
+        seeds = [i for prepared in batch for i in range(len(prepared.faces))]
+        targets = to_tensor([face.image for face in faces], self.device)
+        found = invert(
+            self.face,
+            self.make_distance(targets),
+            steps=self.steps,
+            seeds=seeds,
+            progress=progress,
+            should_stop=should_stop,
+        )
+        elapsed = time.perf_counter() - start
+        latents = []
+        for prepared, ws in zip(batch, found.ws.split([len(p.faces) for p in batch]), strict=True):
+            prepared.timings["invert"] = elapsed
+            latents.append(Latents(ws=ws.clone()))
+        return latents
+
+    def finish(
+        self,
+        prepared: Prepared,
+        latents: Latents,
+        style: str | None = None,
+        strength: int | None = None,
+    ) -> Result:
+        """Render the codes with the blended model and paste the toon faces back."""
+        result = self.render(prepared.photo, prepared.faces, latents, style, strength)
+        result.skipped = list(prepared.skipped)
+        result.timings = {**prepared.timings, **result.timings}
+        return result
+
+    def render(
+        self,
+        photo: Image.Image,
+        faces: Sequence[AlignedFace],
+        latents: Latents,
+        style: str | None = None,
+        strength: int | None = None,
+    ) -> Result:
+        """Re-render cached codes with any prepared style and strength: one generator pass."""
+        style, strength = self.pick(style, strength)
+        model = self.blends[style][strength]
+        dtype = next(model.parameters()).dtype
+        timings: dict[str, float] = {}
+        with _timed(timings, "render"), torch.no_grad():
+            images = model.synthesis(latents.ws.to(self.device, dtype), noise_mode="const")
+            toons = to_images(images)
+        with _timed(timings, "paste"):
+            pasted = paste_back(
+                photo, [(toon, face.quad) for toon, face in zip(toons, faces, strict=True)]
+            )
+        return Result(pasted, toons, latents, style, strength, [], timings)
+
+    def toonify(
+        self,
+        image: bytes,
+        style: str | None = None,
+        strength: int | None = None,
+        progress: ProgressFn | None = None,
+        should_stop: StopFn | None = None,
+    ) -> Result:
+        """prepare + invert + finish, for the command line."""
+        self.pick(style, strength)
+        if progress is not None:
+            progress("detect", 0, 1)
+        prepared = self.prepare(image)
+        if progress is not None:
+            progress("detect", 1, 1)
+        (latents,) = self.invert([prepared], progress, should_stop)
+        if progress is not None:
+            progress("render", 0, 1)
+        result = self.finish(prepared, latents, style, strength)
+        if progress is not None:
+            progress("render", 1, 1)
+        return result
+
+    def pick(self, style: str | None, strength: int | None) -> tuple[str, int]:
+        """The style and strength to use: the defaults for None, a ValueError for unknown ones."""
+        name = style or self.default_style
+        info = self.styles.get(name)
+        if info is None:
+            raise ValueError(f"unknown style {name!r}; styles: {', '.join(self.styles)}")
+        chosen = info.default_strength if strength is None else strength
+        if chosen not in info.strengths:
+            raise ValueError(f"style {name!r} has strengths {info.strengths}, not {chosen}")
+        return name, chosen
+
+
+def _distance_factory(
+    settings: InvertSettings, models: ModelsSettings, device: torch.device
+) -> Callable[[torch.Tensor], Distance]:
+    if settings.loss == "pixel":
+        return pixel_distance
+    vgg = load_perceptual(models.dir / models.perceptual, device)
+    return lambda targets: perceptual_distance(vgg, targets)
