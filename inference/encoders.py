@@ -25,7 +25,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn import functional
 
-from inference.checkpoints import CheckpointError, generator_from_state_dict
+from inference.checkpoints import (
+    CheckpointError,
+    generator_from_state_dict,
+    load_generator,
+    save_generator,
+)
 from inference.safe_pickle import ARGPARSE_NAMESPACE, UnsafePickleError, restricted_load
 from inference.stylegan2 import Generator
 
@@ -395,8 +400,11 @@ def read_encoder_checkpoint(path: Path) -> EncoderCheckpoint:
         raise EncoderFormatError(f"{path}: {exc}") from None
 
 
-def save_encoder(model: FaceEncoder, path: Path, *, source: str) -> None:
-    """The canonical file (atomically): public tensor names, `latent_avg`, the architecture."""
+def save_encoder(
+    model: FaceEncoder, path: Path, *, source: str, decoder: str | None = None
+) -> None:
+    """The canonical file (atomically): public tensor names, `latent_avg`, the architecture,
+    and the name of the generator file the encoder was trained with, when there is one."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {
         "format": ENCODER_FORMAT,
@@ -405,6 +413,8 @@ def save_encoder(model: FaceEncoder, path: Path, *, source: str) -> None:
         "source": source,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if decoder is not None:
+        metadata["decoder"] = decoder
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.tmp")
     try:
@@ -449,3 +459,30 @@ def load_encoder(path: Path, device: torch.device | str = "cpu") -> FaceEncoder:
     if path.suffix == ".safetensors":
         return _read_canonical(path).to(device)
     return read_encoder_checkpoint(path).encoder.to(device)
+
+
+def import_encoder(ckpt: EncoderCheckpoint, target: Path, *, source: str) -> list[Path]:
+    """Write a public checkpoint as canonical files: the encoder as `target`, and its
+    generator (when it has one) beside it as `<name>-decoder`, a model like any other."""
+    written = []
+    decoder = None
+    if ckpt.decoder is not None:
+        decoder = f"{target.name.removesuffix('.safetensors')}-decoder"
+        decoder_path = target.with_name(f"{decoder}.safetensors")
+        save_generator(decoder_generator(ckpt, source), decoder_path, source=f"{source} (decoder)")
+        written.append(decoder_path)
+    save_encoder(ckpt.encoder, target, source=source, decoder=decoder)
+    return [target, *written]
+
+
+def load_psp_style(path: Path, device: torch.device | str = "cpu") -> tuple[FaceEncoder, Generator]:
+    """pSp's toonify: the encoder and the generator it encodes into, from an imported
+    encoder file (its `<name>-decoder` beside it) or straight from the public `.pt`."""
+    if path.suffix == ".safetensors":
+        decoder = read_encoder_metadata(path).get("decoder")
+        if decoder is None:
+            raise EncoderFormatError(f"{path}: this encoder file names no decoder")
+        generator = load_generator(path.with_name(f"{decoder}.safetensors"), device)
+        return _read_canonical(path).to(device), generator
+    ckpt = read_encoder_checkpoint(path)
+    return ckpt.encoder.to(device), decoder_generator(ckpt, str(path)).to(device)

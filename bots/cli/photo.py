@@ -26,7 +26,10 @@ def photo(
         int | None, typer.Option(help="Swap resolution among the style's strengths.")
     ] = None,
     steps: Annotated[
-        int | None, typer.Option(min=1, help="Inversion steps (default: invert.steps).")
+        int | None,
+        typer.Option(
+            min=1, help="Optimisation steps (default: invert.steps or invert.refine_steps)."
+        ),
     ] = None,
     side_by_side: Annotated[
         bool, typer.Option("--side-by-side", help="The original beside the toon.")
@@ -37,6 +40,7 @@ def photo(
 ) -> None:
     """Toonify every face of a photo and write the result (format from OUT's extension)."""
     # torch loads here, not when any other command starts.
+    from inference.checkpoints import CheckpointError
     from inference.images import ImageError
     from inference.invert import PerceptualModelMissingError
     from inference.pipeline import NoFaceError, Toonifier
@@ -51,7 +55,7 @@ def photo(
     with console.status("loading models"):
         try:
             toonifier = Toonifier.from_config(config)
-        except (PerceptualModelMissingError, FileNotFoundError, ValueError) as exc:
+        except (PerceptualModelMissingError, CheckpointError, FileNotFoundError, ValueError) as exc:
             fail(str(exc))
     try:
         toonifier.pick(style, strength)
@@ -76,7 +80,9 @@ def photo(
 
 
 def _with_steps(config: Settings, steps: int) -> Settings:
-    return config.model_copy(update={"invert": config.invert.model_copy(update={"steps": steps})})
+    """The same config with `steps` optimisation steps, from w_avg or from the encoder."""
+    invert = config.invert.model_copy(update={"steps": steps, "refine_steps": steps})
+    return config.model_copy(update={"invert": invert})
 
 
 def _run(
@@ -131,7 +137,7 @@ def format_timings(timings: dict[str, float], steps: int) -> str:
     parts = []
     for stage, seconds in timings.items():
         text = f"{stage} {seconds:.2f} s"
-        if stage == "invert":
+        if stage == "invert" and steps:
             text += f" ({steps} steps, {seconds / steps * 1000:.0f} ms/step)"
         parts.append(text)
     return " · ".join(parts)
