@@ -215,7 +215,7 @@ class Toonifier:
             detector=make_detector(config.faces, str(device)),
             limits=config.limits,
             steps=config.invert.steps,
-            make_distance=_distance_factory(config.invert, config.models, device),
+            make_distance=distance_factory(config.invert, config.models, device),
         )
 
     @property
@@ -290,10 +290,10 @@ class Toonifier:
         """Re-render cached codes with any prepared style and strength: one generator pass."""
         style, strength = self.pick(style, strength)
         model = self.blends[style][strength]
-        dtype = next(model.parameters()).dtype
         timings: dict[str, float] = {}
         with _timed(timings, "render"), torch.no_grad():
-            images = model.synthesis(latents.ws.to(self.device, dtype), noise_mode="const")
+            # ws stay float32 whatever the model's dtype: the generator modulates in float32.
+            images = model.synthesis(latents.ws.to(self.device), noise_mode="const")
             toons = to_images(images)
         with _timed(timings, "paste"):
             pasted = paste_back(
@@ -336,9 +336,10 @@ class Toonifier:
         return name, chosen
 
 
-def _distance_factory(
+def distance_factory(
     settings: InvertSettings, models: ModelsSettings, device: torch.device
 ) -> Callable[[torch.Tensor], Distance]:
+    """The configured loss, bound to targets per batch; loads vgg16.pt once for "perceptual"."""
     if settings.loss == "pixel":
         return pixel_distance
     vgg = load_perceptual(models.dir / models.perceptual, device)
