@@ -115,7 +115,8 @@ def _align_all(image: Image.Image, landmarks: list[np.ndarray], size: int) -> No
 
 
 def _sample_photos() -> dict[str, bytes]:
-    """The astronaut as sent, as a 12 MP phone photo, and beside a smaller copy of herself."""
+    """The astronaut as sent, in a 12 MP phone photo, as a close selfie whose crop square leaves
+    the frame (the padding path), and beside a smaller copy of herself."""
     try:
         from skimage import data
     except ImportError:
@@ -126,9 +127,11 @@ def _sample_photos() -> dict[str, bytes]:
     pair = Image.new("RGB", (1000, 560), (128, 128, 128))
     pair.paste(astronaut, (0, 0))
     pair.paste(astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((420, 420)), (560, 120))
+    selfie = astronaut.crop((120, 20, 330, 300)).resize((3024, 4032), Image.Resampling.LANCZOS)
     return {
         "astronaut.jpg": _jpeg(astronaut),
         "phone.jpg": _jpeg(phone),
+        "selfie.jpg": _jpeg(selfie),
         "two-faces.jpg": _jpeg(pair),
     }
 
