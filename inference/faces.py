@@ -102,12 +102,13 @@ class FaceDetector:
 
     def detect(self, photo: Image.Image) -> Detection:
         """Every face in an RGB photo, sorted and split into used and skipped."""
-        pixels = np.asarray(photo.convert("RGB"))
+        photo = photo if photo.mode == "RGB" else photo.convert("RGB")
+        pixels = np.asarray(photo)
         scale = self._scale(photo.width, photo.height)
         small = pixels
         if scale != 1.0:
             size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
-            small = np.asarray(photo.convert("RGB").resize(size, Image.Resampling.BILINEAR))
+            small = np.asarray(photo.resize(size, Image.Resampling.BILINEAR))
         found = self.backend.boxes(small)
         boxes: list[Box] = [
             (x0 / scale, y0 / scale, x1 / scale, y1 / scale) for (x0, y0, x1, y1), _ in found

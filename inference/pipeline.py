@@ -242,7 +242,7 @@ class Toonifier:
             steps=steps,
             # The encoder alone never measures a distance: no perceptual network to load.
             make_distance=(
-                _distance_factory(config.invert, config.models, device) if steps else pixel_distance
+                distance_factory(config.invert, config.models, device) if steps else pixel_distance
             ),
             encoder=encoder,
             style_encoders=style_encoders,
@@ -332,13 +332,13 @@ class Toonifier:
         A pSp style encodes the aligned faces into its own model instead (one more pass)."""
         style, strength = self.pick(style, strength)
         model = self.blends[style][strength]
-        dtype = next(model.parameters()).dtype
         timings: dict[str, float] = {}
         with _timed(timings, "render"), torch.no_grad():
+            # ws stay float32 whatever the model's dtype: the generator modulates in float32.
             ws = latents.ws
             if style in self.style_encoders:
                 ws = self.style_encoders[style](to_tensor([f.image for f in faces], self.device))
-            images = model.synthesis(ws.to(self.device, dtype), noise_mode="const")
+            images = model.synthesis(ws.to(self.device), noise_mode="const")
             toons = to_images(images)
         with _timed(timings, "paste"):
             pasted = paste_back(
@@ -390,9 +390,10 @@ def _check_fits(encoder: FaceEncoder, generator: Generator, what: str) -> None:
         )
 
 
-def _distance_factory(
+def distance_factory(
     settings: InvertSettings, models: ModelsSettings, device: torch.device
 ) -> Callable[[torch.Tensor], Distance]:
+    """The configured loss, bound to targets per batch; loads vgg16.pt once for "perceptual"."""
     if settings.loss == "pixel":
         return pixel_distance
     vgg = load_perceptual(models.dir / models.perceptual, device)

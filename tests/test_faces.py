@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from skimage import data
+from typer.testing import CliRunner
 
+from bots.cli import app
 from inference.align import align_face, ffhq_quad
 from inference.faces import (
     DlibBackend,
@@ -205,3 +207,44 @@ def test_face_alignment_loads_from_the_hub_cache(offline: Path) -> None:
     for (x0, y0, x1, y1), score in found:
         assert -96 < x0 < x1 < 192 and -96 < y0 < y1 < 192
         assert 0.0 <= score <= 1.0
+
+
+def test_faces_command_draws_and_writes_crops(tmp_path: Path, astronaut: Image.Image) -> None:
+    photo = tmp_path / "astronaut.jpg"
+    astronaut.save(photo, quality=95)
+    out = tmp_path / "out" / "seen.jpg"
+    args = ["faces", str(photo), "-o", str(out), "--backend", "dlib", "--size", "64"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "out" / "seen-face1.png").size == (64, 64)
+    assert not (tmp_path / "out" / "seen-face2.png").exists()
+    drawn = np.asarray(Image.open(out).convert("RGB"), float)
+    assert drawn.shape == (512, 512, 3)
+    # The face's box and landmarks are drawn over it; the far corner is the photo.
+    assert (
+        np.abs(drawn[70:180, 170:280] - np.asarray(astronaut, float)[70:180, 170:280]).max() > 100
+    )
+    assert np.abs(drawn[480:, :30] - np.asarray(astronaut, float)[480:, :30]).mean() < 5
+    assert "backend: dlib" in result.output
+
+
+def test_faces_command_refuses_what_is_not_a_photo(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a selfie\n")
+    result = CliRunner().invoke(app, ["faces", str(text), "-o", str(tmp_path / "x.jpg")])
+    assert result.exit_code == 1
+    assert "not an image" in result.output
+    assert not (tmp_path / "x.jpg").exists()
+
+
+def test_bench_faces_measures_the_backends_that_load(
+    offline: Path, tmp_path: Path, astronaut: Image.Image
+) -> None:
+    photo = tmp_path / "astronaut.png"
+    astronaut.save(photo)
+    args = ["bench", "faces", str(photo), "--runs", "1", "--size", "64"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "astronaut.png" in line)
+    assert "dlib (cpu)" in row and " ms " in row
+    assert "face-alignment is unavailable" in result.output

@@ -118,7 +118,8 @@ def _align_all(image: Image.Image, landmarks: list[np.ndarray], size: int) -> No
 
 
 def _sample_photos() -> dict[str, bytes]:
-    """The astronaut as sent, as a 12 MP phone photo, and beside a smaller copy of herself."""
+    """The astronaut as sent, in a 12 MP phone photo, as a close selfie whose crop square leaves
+    the frame (the padding path), and beside a smaller copy of herself."""
     try:
         from skimage import data
     except ImportError:
@@ -129,9 +130,11 @@ def _sample_photos() -> dict[str, bytes]:
     pair = Image.new("RGB", (1000, 560), (128, 128, 128))
     pair.paste(astronaut, (0, 0))
     pair.paste(astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((420, 420)), (560, 120))
+    selfie = astronaut.crop((120, 20, 330, 300)).resize((3024, 4032), Image.Resampling.LANCZOS)
     return {
         "astronaut.jpg": _jpeg(astronaut),
         "phone.jpg": _jpeg(phone),
+        "selfie.jpg": _jpeg(selfie),
         "two-faces.jpg": _jpeg(pair),
     }
 
@@ -140,6 +143,79 @@ def _jpeg(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, "JPEG", quality=92)
     return out.getvalue()
+
+
+@app.command("pipeline")
+def pipeline(
+    ctx: typer.Context,
+    steps: Annotated[int, typer.Option(min=2, help="Inversion steps timed (first skipped).")] = 5,
+    runs: Annotated[int, typer.Option(min=1, help="Runs of the other stages (median).")] = 3,
+    resolution: Annotated[int, typer.Option(help="Generator resolution.")] = 1024,
+) -> None:
+    """Per-stage times of a toon with random-weight generators: 1 face and 4 faces."""
+    import torch
+
+    from inference.invert import PerceptualModelMissingError
+    from inference.pipeline import distance_factory, resolve_device
+    from inference.pipeline_bench import STAGES, measure, random_toonifier
+
+    config = settings(ctx)
+    device = resolve_device(config.models.device)
+    loss = config.invert.loss
+    try:
+        make_distance = distance_factory(config.invert, config.models, device)
+    except PerceptualModelMissingError as exc:
+        console.print(f"[yellow]{exc}; timing the pixel loss instead[/yellow]")
+        loss = "pixel"
+        pixel = config.invert.model_copy(update={"loss": loss})
+        make_distance = distance_factory(pixel, config.models, device)
+    try:
+        detector = FaceDetector(
+            make_backend(config.faces.backend, str(device)),
+            max(config.faces.max_faces, 4),
+            config.faces.min_size,
+        )
+    except FaceBackendError as exc:
+        fail(str(exc))
+    dtype = getattr(torch, config.models.dtype)
+    with console.status(f"building random {resolution} px generators on {device}"):
+        toonifier = random_toonifier(
+            resolution, device, dtype, detector, config.limits, make_distance
+        )
+    photos = _group_photos()
+    rows = measure(toonifier, photos, steps, runs)
+    title = (
+        f"Pipeline: {resolution} px random generators on {_device_name(device)}, "
+        f"{config.models.dtype} render, {loss} loss, {steps} steps, {runs} runs"
+    )
+    table = Table("photo", "faces", *STAGES, title=title)
+    for row in rows:
+        table.add_row(
+            row.photo, str(row.faces), *(f"{row.seconds[s] * 1000:,.0f} ms" for s in STAGES)
+        )
+    console.print(table)
+
+
+def _group_photos() -> dict[str, bytes]:
+    """The astronaut alone (batch 1) and four of her in a 2x2 grid (batch 4)."""
+    try:
+        from skimage import data
+    except ImportError:
+        fail("install the dev extra (scikit-image) for the sample photos")
+    astronaut = Image.fromarray(data.astronaut())
+    grid = Image.new("RGB", (astronaut.width * 2, astronaut.height * 2))
+    for x in (0, astronaut.width):
+        for y in (0, astronaut.height):
+            grid.paste(astronaut, (x, y))
+    return {"astronaut.jpg": _jpeg(astronaut), "astronaut-x4.jpg": _jpeg(grid)}
+
+
+def _device_name(device: Any) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
 
 
 @app.command("encoder")
@@ -154,27 +230,21 @@ def encoder(
     from inference.pipeline import resolve_device
 
     device = resolve_device(settings(ctx).models.device)
-    dtypes = [torch.float32]
-    if device.type == "cuda":
-        dtypes += [torch.float16, torch.bfloat16]
     model = FaceEncoder(EncoderArch(kind="e4e"), torch.zeros(18, 512)).eval().to(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
-    table = Table(title=f"Encoder forward (IR-SE-50, 256 px) on {name}")
-    for column in ("dtype", "batch", "ms / batch", "ms / face", "faces / s"):
+    table = Table(title=f"Encoder forward (IR-SE-50, 256 px, float32) on {name}")
+    for column in ("batch", "ms / batch", "ms / face", "faces / s"):
         table.add_column(column, justify="right")
-    for dtype in dtypes:
-        model.to(dtype)
-        for batch in (1, 8):
-            faces = torch.rand(batch, 3, 256, 256, device=device, dtype=dtype) * 2 - 1
-            with torch.inference_mode():
-                seconds = _median(runs, _forward, model, faces)
-            table.add_row(
-                str(dtype).removeprefix("torch."),
-                str(batch),
-                f"{seconds * 1e3:.1f}",
-                f"{seconds * 1e3 / batch:.1f}",
-                f"{batch / seconds:.1f}",
-            )
+    for batch in (1, 8):
+        faces = torch.rand(batch, 3, 256, 256, device=device) * 2 - 1
+        with torch.inference_mode():
+            seconds = _median(runs, _forward, model, faces)
+        table.add_row(
+            str(batch),
+            f"{seconds * 1e3:.1f}",
+            f"{seconds * 1e3 / batch:.1f}",
+            f"{batch / seconds:.1f}",
+        )
     console.print(table)
 
 
