@@ -9,9 +9,10 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import numpy as np
+import torch
 import typer
 from PIL import Image
 from rich.table import Table
@@ -20,9 +21,7 @@ from bots.cli.common import console, fail, settings
 from inference.align import align_face
 from inference.faces import FaceBackendError, FaceDetector, make_backend
 from inference.images import ImageError, decode_image
-
-if TYPE_CHECKING:
-    import torch
+from inference.stylegan2 import Architecture, Generator
 
 app = typer.Typer(
     help="Measure the hot paths on this machine (printed tables).", no_args_is_help=True
@@ -153,8 +152,6 @@ def pipeline(
     resolution: Annotated[int, typer.Option(help="Generator resolution.")] = 1024,
 ) -> None:
     """Per-stage times of a toon with random-weight generators: 1 face and 4 faces."""
-    import torch
-
     from inference.invert import PerceptualModelMissingError
     from inference.pipeline import distance_factory, resolve_device
     from inference.pipeline_bench import STAGES, measure, random_toonifier
@@ -211,8 +208,6 @@ def _group_photos() -> dict[str, bytes]:
 
 
 def _device_name(device: Any) -> str:
-    import torch
-
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({torch.get_num_threads()} threads)"
@@ -224,8 +219,6 @@ def encoder(
     runs: Annotated[int, typer.Option(min=1, help="Timed runs per row (median shown).")] = 5,
 ) -> None:
     """Forward time per face of a full-size e4e encoder (random weights), batch 1 and 8."""
-    import torch
-
     from inference.encoders import EncoderArch, FaceEncoder
     from inference.pipeline import resolve_device
 
@@ -250,8 +243,78 @@ def encoder(
 
 def _forward(model: Callable[[torch.Tensor], torch.Tensor], faces: torch.Tensor) -> None:
     """One forward pass, GPU work included (CUDA runs asynchronously)."""
-    import torch
-
     model(faces)
     if faces.is_cuda:
         torch.cuda.synchronize(faces.device)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def _synthesis_seconds(generator: Generator, batch: int, runs: int) -> list[float]:
+    """Wall time of `runs` synthesis calls after one warm-up call (device synchronised)."""
+    device = generator.input.input.device
+    z = torch.randn(batch, generator.z_dim, generator=torch.Generator().manual_seed(0))
+    times = []
+    with torch.no_grad():
+        ws = generator.mapping(z.to(device))
+        for i in range(runs + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            generator.synthesis(ws, noise_mode="const")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:
+                times.append(time.perf_counter() - start)
+    return times
+
+
+@app.command("generator")
+def generator(
+    ctx: typer.Context,
+    resolutions: Annotated[str, typer.Option(help="Output sizes (config-f).")] = "256,512,1024",
+    batches: Annotated[str, typer.Option(help="Batch sizes.")] = "1,8",
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per cell (median).")] = 5,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:N (default: models.device).")
+    ] = None,
+) -> None:
+    """Images per second of the StyleGAN2 synthesis network (random config-f weights)."""
+    setting = device or settings(ctx).models.device
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    target = torch.device(setting)
+    dtypes = [torch.float32]
+    if target.type == "cuda":
+        dtypes += [torch.float16, torch.bfloat16]
+    threads = f", {torch.get_num_threads()} threads" if target.type == "cpu" else ""
+    table = Table(
+        "Resolution", "Batch", "dtype", "Median ms", "Images/s",
+        title=f"StyleGAN2 synthesis on {_describe(target)}{threads}, median of {runs}",
+    )  # fmt: skip
+    for resolution in _ints(resolutions):
+        base = Generator(Architecture(resolution)).eval().requires_grad_(False)
+        for dtype in dtypes:
+            model = base.to(target, dtype)
+            for batch in _ints(batches):
+                with console.status(f"{resolution} px, batch {batch}, {dtype}"):
+                    median = statistics.median(_synthesis_seconds(model, batch, runs))
+                table.add_row(
+                    str(resolution),
+                    str(batch),
+                    str(dtype).removeprefix("torch."),
+                    f"{median * 1e3:.0f}",
+                    f"{batch / median:.2f}",
+                )
+    console.print(table)
+
+
+def _describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
