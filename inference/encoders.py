@@ -4,7 +4,7 @@ The modules reproduce the public checkpoints' parameter names exactly (pSp's
 GradualStyleEncoder and e4e's Encoder4Editing on an IR-SE-50 backbone), so a
 checkpoint's `encoder.*` tensors load with a strict state-dict load. Every size
 is read back from the tensors themselves, which also lets tests build narrow
-copies with the same names.
+copies with the same names. Reading and writing the files: encoder_checkpoints.py.
 """
 
 from __future__ import annotations
@@ -12,27 +12,15 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import pickle
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn import functional
 
-from inference.checkpoints import (
-    CheckpointError,
-    generator_from_state_dict,
-    load_generator,
-    save_generator,
-)
-from inference.safe_pickle import ARGPARSE_NAMESPACE, UnsafePickleError, restricted_load
-from inference.stylegan2 import Generator
+from inference.checkpoints import CheckpointError
 
 EncoderKind = Literal["psp", "e4e"]
 
@@ -318,171 +306,3 @@ def build_encoder(
     except RuntimeError as exc:
         raise EncoderFormatError(f"encoder tensors do not fit {arch}: {exc}") from None
     return model.eval().requires_grad_(False)
-
-
-def detect_kind(opts: Mapping[str, Any]) -> EncoderKind:
-    """pSp or e4e from the training options saved with the checkpoint."""
-    encoder_type = opts.get("encoder_type")
-    if encoder_type == "GradualStyleEncoder":
-        return "psp"
-    if encoder_type == "Encoder4Editing":
-        return "e4e"
-    if encoder_type is not None:
-        raise EncoderFormatError(
-            f"encoder_type {encoder_type!r} is not supported "
-            "(GradualStyleEncoder and Encoder4Editing are)"
-        )
-    # Options only e4e's training script has (its progressive deltas and W discriminator).
-    if {"progressive_steps", "delta_norm_lambda", "w_discriminator_lambda"} & set(opts):
-        return "e4e"
-    raise EncoderFormatError("the checkpoint's opts do not say which encoder it is")
-
-
-ENCODER_FORMAT = "toonify-encoder"
-ENCODER_FORMAT_VERSION = "1"
-
-
-@dataclass
-class EncoderCheckpoint:
-    """What a public pSp/e4e file holds: the encoder, its generator's tensors and its options."""
-
-    encoder: FaceEncoder
-    decoder: dict[str, Tensor] | None  # rosinality Generator state dict, `decoder.` removed
-    opts: dict[str, Any]
-
-
-def is_encoder_checkpoint(ckpt: object) -> bool:
-    """True for an unpickled pSp/e4e checkpoint (a dict whose state_dict has `encoder.` keys)."""
-    state = ckpt.get("state_dict") if isinstance(ckpt, Mapping) else None
-    return isinstance(state, Mapping) and any(
-        isinstance(k, str) and k.startswith("encoder.") for k in state
-    )
-
-
-def from_public_checkpoint(ckpt: Mapping[str, Any]) -> EncoderCheckpoint:
-    """Build the encoder of an unpickled pSp/e4e checkpoint: `state_dict`, `opts`, `latent_avg`."""
-    if not is_encoder_checkpoint(ckpt):
-        raise EncoderFormatError("not a pSp/e4e checkpoint (no encoder.* tensors in state_dict)")
-    opts = ckpt.get("opts") or {}
-    opts = dict(opts if isinstance(opts, Mapping) else vars(opts))
-    state: Mapping[str, Tensor] = ckpt["state_dict"]
-    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-    decoder = {k.removeprefix("decoder."): v for k, v in state.items() if k.startswith("decoder.")}
-    latent_avg = ckpt.get("latent_avg")
-    return EncoderCheckpoint(
-        encoder=build_encoder(encoder, detect_kind(opts), latent_avg),
-        decoder=decoder or None,
-        opts=opts,
-    )
-
-
-def decoder_generator(ckpt: EncoderCheckpoint, what: str) -> Generator:
-    """The StyleGAN2 generator a pSp/e4e checkpoint was trained with (its `decoder.*`)."""
-    if ckpt.decoder is None:
-        raise EncoderFormatError(f"{what}: the checkpoint holds no decoder (generator)")
-    return generator_from_state_dict(ckpt.decoder, what=f"{what} decoder")
-
-
-def read_encoder_checkpoint(path: Path) -> EncoderCheckpoint:
-    """A public pSp/e4e `.pt`, unpickled with nothing but tensors, containers and Namespace."""
-    try:
-        ckpt = restricted_load(path, ARGPARSE_NAMESPACE)
-    except UnsafePickleError as exc:
-        raise EncoderFormatError(
-            f"{path}: refused: the pickle needs {exc.qualname}, which a pSp/e4e checkpoint "
-            "does not hold (a pickle can run code while it loads)"
-        ) from None
-    except (EOFError, pickle.UnpicklingError, RuntimeError, OSError) as exc:
-        raise EncoderFormatError(f"{path}: truncated, damaged or unreadable ({exc})") from None
-    try:
-        return from_public_checkpoint(ckpt)
-    except EncoderFormatError as exc:
-        raise EncoderFormatError(f"{path}: {exc}") from None
-
-
-def save_encoder(
-    model: FaceEncoder, path: Path, *, source: str, decoder: str | None = None
-) -> None:
-    """The canonical file (atomically): public tensor names, `latent_avg`, the architecture,
-    and the name of the generator file the encoder was trained with, when there is one."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {
-        "format": ENCODER_FORMAT,
-        "format_version": ENCODER_FORMAT_VERSION,
-        "architecture": model.arch.to_metadata(),
-        "source": source,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    if decoder is not None:
-        metadata["decoder"] = decoder
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(tensors, str(partial), metadata=metadata)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def read_encoder_metadata(path: Path) -> dict[str, str]:
-    """The canonical encoder file's metadata; EncoderFormatError for anything else."""
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            metadata = file.metadata() or {}
-    except FileNotFoundError:
-        raise EncoderFormatError(f"{path}: no such file") from None
-    except (SafetensorError, OSError) as exc:
-        raise EncoderFormatError(f"{path}: damaged or truncated safetensors file ({exc})") from None
-    if metadata.get("format") != ENCODER_FORMAT:
-        raise EncoderFormatError(f"{path}: a safetensors file, but not a toonify encoder")
-    return metadata
-
-
-def _read_canonical(path: Path) -> FaceEncoder:
-    metadata = read_encoder_metadata(path)
-    tensors = load_file(str(path))
-    try:
-        arch = EncoderArch.from_metadata(metadata["architecture"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise EncoderFormatError(f"{path}: bad architecture metadata ({exc})") from None
-    model = FaceEncoder(arch, tensors.pop("latent_avg", None))
-    state = {k.removeprefix("encoder."): v for k, v in tensors.items()}
-    try:
-        model.encoder.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise EncoderFormatError(f"{path}: tensors do not fit the metadata ({exc})") from None
-    return model.eval().requires_grad_(False)
-
-
-def load_encoder(path: Path, device: torch.device | str = "cpu") -> FaceEncoder:
-    """An encoder from the canonical `.safetensors` or a public pSp/e4e `.pt`, on `device`."""
-    if path.suffix == ".safetensors":
-        return _read_canonical(path).to(device)
-    return read_encoder_checkpoint(path).encoder.to(device)
-
-
-def import_encoder(ckpt: EncoderCheckpoint, target: Path, *, source: str) -> list[Path]:
-    """Write a public checkpoint as canonical files: the encoder as `target`, and its
-    generator (when it has one) beside it as `<name>-decoder`, a model like any other."""
-    written = []
-    decoder = None
-    if ckpt.decoder is not None:
-        decoder = f"{target.name.removesuffix('.safetensors')}-decoder"
-        decoder_path = target.with_name(f"{decoder}.safetensors")
-        save_generator(decoder_generator(ckpt, source), decoder_path, source=f"{source} (decoder)")
-        written.append(decoder_path)
-    save_encoder(ckpt.encoder, target, source=source, decoder=decoder)
-    return [target, *written]
-
-
-def load_psp_style(path: Path, device: torch.device | str = "cpu") -> tuple[FaceEncoder, Generator]:
-    """pSp's toonify: the encoder and the generator it encodes into, from an imported
-    encoder file (its `<name>-decoder` beside it) or straight from the public `.pt`."""
-    if path.suffix == ".safetensors":
-        decoder = read_encoder_metadata(path).get("decoder")
-        if decoder is None:
-            raise EncoderFormatError(f"{path}: this encoder file names no decoder")
-        generator = load_generator(path.with_name(f"{decoder}.safetensors"), device)
-        return _read_canonical(path).to(device), generator
-    ckpt = read_encoder_checkpoint(path)
-    return ckpt.encoder.to(device), decoder_generator(ckpt, str(path)).to(device)

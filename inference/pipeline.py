@@ -21,7 +21,8 @@ from PIL import Image
 from inference.align import AlignedFace, align_face, paste_back
 from inference.blend import blend
 from inference.checkpoints import load_generator
-from inference.encoders import FaceEncoder, load_encoder, load_psp_style
+from inference.encoder_checkpoints import load_encoder, load_psp_style
+from inference.encoders import FaceEncoder
 from inference.faces import FaceDetector, make_detector
 from inference.images import decode_image
 from inference.invert import (

@@ -17,13 +17,13 @@ from typer.testing import CliRunner
 from bots.cli import app
 from bots.config import Settings
 from inference.checkpoints import load_generator
-from inference.encoders import (
-    FaceEncoder,
+from inference.encoder_checkpoints import (
     import_encoder,
     load_psp_style,
     read_encoder_checkpoint,
     save_encoder,
 )
+from inference.encoders import FaceEncoder
 from inference.invert import invert, pixel_distance, w_stats
 from inference.pipeline import Prepared, Toonifier, to_images, to_tensor
 from tests.tiny_encoders import tiny_encoder, write_public_checkpoint

@@ -8,18 +8,20 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from inference.encoder_checkpoints import (
+    decoder_generator,
+    detect_kind,
+    load_encoder,
+    read_encoder_checkpoint,
+    save_encoder,
+)
 from inference.encoders import (
     EncoderArch,
     EncoderFormatError,
     EncoderKind,
     FaceEncoder,
     build_encoder,
-    decoder_generator,
-    detect_kind,
     infer_arch,
-    load_encoder,
-    read_encoder_checkpoint,
-    save_encoder,
 )
 from inference.settings import StyleSettings
 from inference.stylegan2 import Architecture, Generator
