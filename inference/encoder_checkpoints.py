@@ -34,7 +34,8 @@ from inference.stylegan2 import Generator
 
 
 class NotAnEncoderError(EncoderFormatError):
-    """The file is some other checkpoint: it holds no `encoder.*` tensors at all."""
+    """The file is no pSp/e4e encoder at all (another checkpoint, refused or unreadable), as
+    opposed to an encoder this project cannot use."""
 
 
 def detect_kind(opts: Mapping[str, Any]) -> EncoderKind:
@@ -105,12 +106,12 @@ def read_encoder_checkpoint(path: Path) -> EncoderCheckpoint:
     try:
         ckpt = restricted_load(path, ARGPARSE_NAMESPACE)
     except UnsafePickleError as exc:
-        raise EncoderFormatError(
+        raise NotAnEncoderError(
             f"{path}: refused: the pickle needs {exc.qualname}, which a pSp/e4e checkpoint "
             "does not hold (a pickle can run code while it loads)"
         ) from None
     except (EOFError, pickle.UnpicklingError, RuntimeError, OSError) as exc:
-        raise EncoderFormatError(f"{path}: truncated, damaged or unreadable ({exc})") from None
+        raise NotAnEncoderError(f"{path}: truncated, damaged or unreadable ({exc})") from None
     try:
         return from_public_checkpoint(ckpt)
     except EncoderFormatError as exc:
@@ -147,11 +148,11 @@ def read_encoder_metadata(path: Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as file:
             metadata = file.metadata() or {}
     except FileNotFoundError:
-        raise EncoderFormatError(f"{path}: no such file") from None
+        raise NotAnEncoderError(f"{path}: no such file") from None
     except (SafetensorError, OSError) as exc:
-        raise EncoderFormatError(f"{path}: damaged or truncated safetensors file ({exc})") from None
+        raise NotAnEncoderError(f"{path}: damaged or truncated safetensors file ({exc})") from None
     if metadata.get("format") != ENCODER_FORMAT:
-        raise EncoderFormatError(f"{path}: a safetensors file, but not a toonify encoder")
+        raise NotAnEncoderError(f"{path}: a safetensors file, but not a toonify encoder")
     return metadata
 
 

@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
+from bots.cli import app
+from inference.checkpoints import load_generator
 from inference.encoder_checkpoints import (
     decoder_generator,
     detect_kind,
@@ -255,3 +258,55 @@ def test_psp_style_refuses_blend_options() -> None:
     assert StyleSettings(kind="psp", model="psp_toonify").kind == "psp"
     with pytest.raises(ValidationError, match="strengths: not for a psp style"):
         StyleSettings(kind="psp", model="psp_toonify", strengths=[8, 16], default_strength=8)
+
+
+def _cli(config: Path, *args: str, lines: bool = False) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["--config", str(config), *args])
+    return result.exit_code, result.output if lines else " ".join(result.output.split())
+
+
+def test_models_import_recognises_encoder_checkpoints(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[models]\ndir = "{models}"\ndevice = "cpu"\n')
+    generator = tiny_generator()
+    model = _narrow("e4e", latent_avg=torch.randn(512))
+    source = write_public_checkpoint(
+        tmp_path / "e4e_ffhq_encode.pt", model, decoder=generator.state_dict()
+    )
+    code, out = _cli(config, "models", "import", str(source), "--name", "e4e")
+    assert code == 0, out
+    assert "e4e: e4e encoder (18 codes)" in out and "e4e-decoder: 32 px" in out
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(load_encoder(models / "e4e.safetensors")(x), model(x))
+    decoder = load_generator(models / "e4e-decoder.safetensors")
+    ws = generator.mapping(torch.randn(1, generator.w_dim))
+    torch.testing.assert_close(
+        decoder.synthesis(ws, noise_mode="const"), generator.synthesis(ws, noise_mode="const")
+    )
+    code, listing = _cli(config, "models", "list", lines=True)
+    rows = {row.split("│")[1].strip(): row for row in listing.split("\n") if "│" in row}
+    assert code == 0 and set(rows) >= {"e4e", "e4e-decoder"}, listing
+    assert "e4e encoder" in rows["e4e"] and "32 px" in rows["e4e-decoder"]
+    # The name of the decoder is taken too: a second import under the same name is refused.
+    code, out = _cli(config, "models", "import", str(source), "--name", "e4e")
+    assert code == 1 and "exists" in out
+
+
+def test_models_import_names_what_is_wrong_with_an_encoder(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[models]\ndir = "{tmp_path / "models"}"\ndevice = "cpu"\n')
+    path = write_public_checkpoint(tmp_path / "w.pt", _narrow("psp"))
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["opts"].encoder_type = "BackboneEncoderUsingLastLayerIntoW"
+    torch.save(ckpt, path)
+    code, out = _cli(config, "models", "import", str(path), "--name", "w")
+    assert code == 1 and "BackboneEncoderUsingLastLayerIntoW is not supported" in out.replace(
+        "'", ""
+    )
+    # A checkpoint of neither kind keeps the generator reader's explanation.
+    torch.save({"state_dict": {"something.weight": torch.zeros(1)}}, path)
+    code, out = _cli(config, "models", "import", str(path), "--name", "w")
+    assert code == 1 and "no generator in this checkpoint" in out
+    assert not (tmp_path / "models" / "w.safetensors").exists()
