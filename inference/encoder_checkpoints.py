@@ -32,6 +32,10 @@ from inference.encoders import (
 from inference.safe_pickle import ARGPARSE_NAMESPACE, UnsafePickleError, restricted_load
 from inference.stylegan2 import Generator
 
+ENCODER_FORMAT = "toonify-encoder"
+ENCODER_FORMAT_VERSION = "1"
+MISSING = "no such file (bring a pSp/e4e checkpoint in with `toonify models import`)"
+
 
 class NotAnEncoderError(EncoderFormatError):
     """The file is no pSp/e4e encoder at all (another checkpoint, refused or unreadable), as
@@ -54,10 +58,6 @@ def detect_kind(opts: Mapping[str, Any]) -> EncoderKind:
     if {"progressive_steps", "delta_norm_lambda", "w_discriminator_lambda"} & set(opts):
         return "e4e"
     raise EncoderFormatError("the checkpoint's opts do not say which encoder it is")
-
-
-ENCODER_FORMAT = "toonify-encoder"
-ENCODER_FORMAT_VERSION = "1"
 
 
 @dataclass
@@ -105,6 +105,8 @@ def read_encoder_checkpoint(path: Path) -> EncoderCheckpoint:
     """A public pSp/e4e `.pt`, unpickled with nothing but tensors, containers and Namespace."""
     try:
         ckpt = restricted_load(path, ARGPARSE_NAMESPACE)
+    except FileNotFoundError:
+        raise NotAnEncoderError(f"{path}: {MISSING}") from None
     except UnsafePickleError as exc:
         raise NotAnEncoderError(
             f"{path}: refused: the pickle needs {exc.qualname}, which a pSp/e4e checkpoint "
@@ -143,12 +145,12 @@ def save_encoder(
 
 
 def read_encoder_metadata(path: Path) -> dict[str, str]:
-    """The canonical encoder file's metadata; EncoderFormatError for anything else."""
+    """The canonical encoder file's metadata; NotAnEncoderError for any other file."""
     try:
         with safe_open(str(path), framework="pt") as file:
             metadata = file.metadata() or {}
     except FileNotFoundError:
-        raise NotAnEncoderError(f"{path}: no such file") from None
+        raise NotAnEncoderError(f"{path}: {MISSING}") from None
     except (SafetensorError, OSError) as exc:
         raise NotAnEncoderError(f"{path}: damaged or truncated safetensors file ({exc})") from None
     if metadata.get("format") != ENCODER_FORMAT:
@@ -204,18 +206,18 @@ def load_encoder(path: Path, device: torch.device | str = "cpu") -> FaceEncoder:
     return read_encoder_checkpoint(path).encoder.to(device)
 
 
-def import_encoder(ckpt: EncoderCheckpoint, target: Path, *, source: str) -> list[Path]:
+def import_encoder(ckpt: EncoderCheckpoint, target: Path, *, source: str) -> Path | None:
     """Write a public checkpoint as canonical files: the encoder as `target`, and its
-    generator (when it has one) beside it as `<name>-decoder`, a model like any other."""
-    written = []
-    decoder = None
-    if ckpt.decoder is not None:
-        decoder = f"{target.name.removesuffix('.safetensors')}-decoder"
-        decoder_path = target.with_name(f"{decoder}.safetensors")
-        save_generator(decoder_generator(ckpt, source), decoder_path, source=f"{source} (decoder)")
-        written.append(decoder_path)
+    generator (when it has one) beside it as `<name>-decoder`, a model like any other.
+    Returns the decoder's path."""
+    if ckpt.decoder is None:
+        save_encoder(ckpt.encoder, target, source=source)
+        return None
+    decoder = f"{target.name.removesuffix('.safetensors')}-decoder"
+    decoder_path = target.with_name(f"{decoder}.safetensors")
+    save_generator(decoder_generator(ckpt, source), decoder_path, source=f"{source} (decoder)")
     save_encoder(ckpt.encoder, target, source=source, decoder=decoder)
-    return [target, *written]
+    return decoder_path
 
 
 def load_psp_style(path: Path, device: torch.device | str = "cpu") -> tuple[FaceEncoder, Generator]:

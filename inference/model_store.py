@@ -239,9 +239,9 @@ class ModelStore:
             raise not_a_generator from None
         self._new(f"{target.name.removesuffix(SUFFIX)}-decoder")
         kind = ckpt.encoder.arch.kind
-        written = import_encoder(ckpt, target, source=f"{source} ({kind}, sha256 {digest})")
-        decoder = read_model_info(written[1]) if len(written) > 1 else None
-        return ImportResult(decoder, "rosinality", digest, read_encoder_info(target))
+        decoder = import_encoder(ckpt, target, source=f"{source} ({kind}, sha256 {digest})")
+        info = read_model_info(decoder) if decoder is not None else None
+        return ImportResult(info, "rosinality", digest, read_encoder_info(target))
 
 
 def _check_sha256(value: str | None) -> str | None:
