@@ -238,12 +238,14 @@ def _from_pickled(path: Path, obj: Any) -> tuple[CheckpointFormat, Generator]:
         return "rosinality", generator_from_state_dict(state, w_avg=w_avg, what=str(path))
     if isinstance(obj, Mapping) and "G_ema" in obj:
         return "nvlabs", _from_nvlabs(path, obj["G_ema"])
+    if isinstance(obj, TFNetworkStub):  # a pickled Gs on its own
+        return "tensorflow", _from_tensorflow(path, obj)
     if (
         isinstance(obj, tuple)
         and len(obj) == 3
         and all(isinstance(net, TFNetworkStub) for net in obj)
     ):
-        return "tensorflow", _from_tensorflow(path, obj[2])
+        return "tensorflow", _from_tensorflow(path, obj[2])  # (G, D, Gs)
     if isinstance(obj, Mapping):
         keys = ", ".join(sorted(map(str, obj))[:8])
         raise CheckpointError(

@@ -13,11 +13,13 @@ Speed (measured on CPU, see bench/README.md; the reasoning holds on CUDA):
   weights are small next to the feature maps: the high-resolution layers), or scale the
   activations by the styles and convolve with the one shared weight (cheap where the weights
   are big: the 512-channel low-resolution layers, which a grouped convolution handles badly).
-- upfirdn2d is written with stock operators: a depthwise transposed convolution for the RGB
-  skip upsampling and a depthwise convolution for the blur. On CPU the transposed convolution
-  followed by the blur is slow at high resolution, so there the upsampling convolution and its
-  blur are fused into one 3x3 convolution with four phase kernels and a pixel shuffle (the
-  same linear map, computed without the zero-stuffed intermediate).
+- A modulated 1x1 convolution (ToRGB) is one batched matrix product with per-sample weights.
+- upfirdn2d is written with stock operators, no CUDA extension to compile: a depthwise
+  transposed convolution (stride 2) for the RGB skip upsampling and a depthwise convolution
+  for the blur after each stride-2 transposed convolution, i.e. the reference algorithm.
+  Alternatives measured on CPU and dropped: fusing the upsampling conv with its blur into four
+  polyphase 3x3 kernels (4x the multiply-adds; no faster), and the binomial blur as three 2x2
+  average pools (slower than the depthwise conv).
 - Mapping, modulation and demodulation run in float32; the convolutions and activations run
   in the parameters' dtype (float16/bfloat16 after `G.half()` / `G.bfloat16()` on CUDA); the RGB
   skip path is accumulated in float32 and the output is float32.
@@ -38,8 +40,6 @@ NoiseMode = Literal["const", "random", "none"]
 
 SQRT2 = math.sqrt(2.0)
 BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)
-# On CPU, fuse the upsampling convolution with its blur from this input size up (bench/README.md).
-POLYPHASE_MIN_SIZE_CPU = 64
 
 
 @dataclass(frozen=True)
@@ -143,26 +143,6 @@ def upsample_2d(x: Tensor, kernel: Tensor) -> Tensor:
     return F.conv_transpose2d(x, k, stride=2, padding=1, groups=channels)
 
 
-def polyphase_weight(weight: Tensor, kernel: Tensor) -> Tensor:
-    """Fuse "3x3 transposed conv (stride 2), then blur (pad 1)" into 4 phase kernels.
-
-    Output pixel (2p + ry, 2q + rx) of the pair is a plain 3x3 correlation (padding 1) of the
-    input around (p, q) with kernel phase (ry, rx); the phases are returned as the
-    [out * 4, in, 3, 3] weight of one convolution whose output `pixel_shuffle(2)` interleaves.
-    Entry (a, b) of phase (ry, rx) sums kernel[p + 2a - ry - 1, q + 2b - rx - 1] * weight[p, q].
-    """
-    out_ch, in_ch, kh, kw = weight.shape
-    if (kh, kw) != (3, 3) or kernel.shape != (4, 4):
-        raise ValueError("polyphase fusion needs a 3x3 weight and a 4x4 blur kernel")
-    padded = F.pad(kernel.flip([0, 1]).to(weight.dtype), [2, 2, 2, 2])
-    p = torch.arange(3, device=weight.device)
-    r = torch.arange(2, device=weight.device)
-    taps = p.view(3, 1, 1) + 2 * p.view(1, 1, 3) - r.view(1, 2, 1) - 1 + 2  # [p, r, a]
-    transfer = padded[taps.view(3, 1, 2, 1, 3, 1), taps.view(1, 3, 1, 2, 1, 3)]
-    fused = torch.einsum("oipq,pqyxab->oyxiab", weight, transfer)
-    return fused.reshape(out_ch * 4, in_ch, 3, 3)
-
-
 ConvOp = Callable[[Tensor, Tensor, int], Tensor]
 
 
@@ -176,7 +156,8 @@ def modulated_conv(
     transposed: bool = False,
 ) -> Tensor:
     """Convolve every sample with `weight` scaled by its styles (per input channel) and dcoefs
-    (per output channel). `weight` is [out, in, kh, kw] in float32; `conv(x, w, groups)`.
+    (per output channel): `weight` [out, in, kh, kw] as stored, styles and dcoefs in float32,
+    `conv(x, w, groups)`.
 
     Per-sample weights + one grouped conv where the weights are small next to the activations,
     else activations scaled by the styles + one conv with the shared weight (same result).
@@ -185,7 +166,7 @@ def modulated_conv(
     dtype = x.dtype
     out_ch, _, kh, kw = weight.shape
     if out_ch * kh * kw <= height * width:
-        w = weight.unsqueeze(0) * styles.view(batch, 1, in_ch, 1, 1)
+        w = weight.float().unsqueeze(0) * styles.view(batch, 1, in_ch, 1, 1)
         if dcoefs is not None:
             w = w * dcoefs.view(batch, out_ch, 1, 1, 1)
         if transposed:
@@ -198,6 +179,16 @@ def modulated_conv(
     if dcoefs is not None:
         out = out * dcoefs.to(dtype).view(batch, out_ch, 1, 1)
     return out
+
+
+def _modulated_1x1(x: Tensor, weight: Tensor, styles: Tensor, dcoefs: Tensor | None) -> Tensor:
+    """A modulated 1x1 conv (ToRGB) is a batched matrix product with per-sample weights."""
+    w = weight[:, :, 0, 0].float().unsqueeze(0) * styles.unsqueeze(1)  # [B, out, in]
+    if dcoefs is not None:
+        w = w * dcoefs.unsqueeze(2)
+    batch, in_ch, height, width = x.shape
+    out = torch.bmm(w.to(x.dtype), x.reshape(batch, in_ch, height * width))
+    return out.reshape(batch, -1, height, width)
 
 
 class PixelNorm(nn.Module):
@@ -218,8 +209,9 @@ class EqualLinear(nn.Module):
         self.lr_mul = lr_mul
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(
-            x.float(), self.weight.float() * self.scale, self.bias.float() * self.lr_mul
+        # Scaling the [B, out] result, not the weight, spares a copy of the weight per call.
+        return (
+            F.linear(x.float(), self.weight.float()) * self.scale + self.bias.float() * self.lr_mul
         )
 
 
@@ -275,12 +267,19 @@ class ModulatedConv2d(nn.Module):
             # After the stride-2 transposed 3x3 conv (2H+1 px), blur back to 2H px.
             self.blur = Blur(pad=(1, 1), gain=4.0)
 
-    def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        styles = self.modulation(w)
-        weight = self.weight[0].float() * self.scale
+    def forward(self, x: Tensor, w: Tensor, gain: float = 1.0) -> Tensor:
+        """The modulated convolution times `gain` (folded into the per-channel factors)."""
+        # The equalised-lr scale rides on the styles, so the stored weight is used as it is.
+        styles = self.modulation(w) * self.scale
+        weight = self.weight[0]
         dcoefs = None
         if self.demodulate:
-            dcoefs = torch.rsqrt(styles.square() @ weight.square().sum((2, 3)).T + 1e-8)
+            power = weight.float().square().sum((2, 3))  # [out, in]
+            dcoefs = torch.rsqrt(styles.square() @ power.T + 1e-8) * gain
+        else:
+            styles = styles * gain
+        if weight.shape[-1] == 1:
+            return _modulated_1x1(x, weight, styles, dcoefs)
         if not self.upsample:
             return modulated_conv(
                 x,
@@ -289,13 +288,6 @@ class ModulatedConv2d(nn.Module):
                 dcoefs,
                 lambda i, k, g: F.conv2d(i, k, padding=self.padding, groups=g),
             )
-        if x.device.type == "cpu" and x.shape[-1] >= POLYPHASE_MIN_SIZE_CPU:
-            phases = polyphase_weight(weight, self.blur.kernel)
-            phase_dcoefs = None if dcoefs is None else dcoefs.repeat_interleave(4, dim=1)
-            out = modulated_conv(
-                x, phases, styles, phase_dcoefs, lambda i, k, g: F.conv2d(i, k, padding=1, groups=g)
-            )
-            return F.pixel_shuffle(out, 2)
         out = modulated_conv(
             x,
             weight,
@@ -308,25 +300,19 @@ class ModulatedConv2d(nn.Module):
 
 
 class NoiseInjection(nn.Module):
+    """Holds the per-layer noise strength; StyledConv applies it."""
+
     def __init__(self) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x: Tensor, noise: Tensor | None) -> Tensor:
-        if noise is None:
-            return x
-        return x + self.weight.to(x.dtype) * noise.to(x.dtype)
-
 
 class FusedLeakyReLU(nn.Module):
-    """Bias, leaky ReLU (slope 0.2) and gain sqrt 2, as in the reference CUDA op."""
+    """Holds the bias of the bias + leaky ReLU (0.2) + gain sqrt 2 op; StyledConv applies it."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.leaky_relu(x + self.bias.to(x.dtype).view(1, -1, 1, 1), 0.2) * SQRT2
 
 
 class ConstantInput(nn.Module):
@@ -343,7 +329,14 @@ class StyledConv(nn.Module):
         self.activate = FusedLeakyReLU(out_channel)
 
     def forward(self, x: Tensor, w: Tensor, noise: Tensor | None) -> Tensor:
-        return self.activate(self.noise(self.conv(x, w), noise))
+        """lrelu(conv + strength * noise + bias, 0.2) * sqrt 2, in three passes over the
+        activations: the gain is positive, so it is folded into the conv and the addends."""
+        out = self.conv(x, w, gain=SQRT2)
+        if noise is not None:
+            strength = self.noise.weight.to(out.dtype) * SQRT2
+            out = torch.addcmul(out, noise.to(out.dtype), strength)
+        out = out.add_(self.activate.bias.to(out.dtype).view(1, -1, 1, 1) * SQRT2)
+        return F.leaky_relu(out, 0.2, inplace=True)
 
 
 class ToRGB(nn.Module):

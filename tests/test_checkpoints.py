@@ -79,6 +79,13 @@ def test_rosinality_training_checkpoint_without_latent_avg(tmp_path: Path) -> No
     assert not torch.allclose(generator.w_avg, source.w_avg, atol=1e-3)
 
 
+def test_a_pickled_gs_on_its_own_loads(tmp_path: Path) -> None:
+    source = tiny_generator(32)
+    generator = load_generator(write_pickle(tf_gs(source), tmp_path / "Gs.pkl", protocol=3))
+    ws = random_ws(source)
+    assert torch.allclose(render(generator, ws), render(source, ws), atol=1e-5)
+
+
 def test_canonical_file_carries_architecture_and_provenance(tmp_path: Path) -> None:
     source = tiny_generator(64, 2)
     path = tmp_path / "toon.safetensors"

@@ -13,7 +13,6 @@ from inference.stylegan2 import (
     Generator,
     blur_2d,
     make_kernel,
-    polyphase_weight,
     upsample_2d,
 )
 from tests.tiny_models import random_ws, render, tiny_generator
@@ -166,14 +165,14 @@ def test_architecture_channel_table() -> None:
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_synthesis_matches_the_literal_reference(batch: int) -> None:
-    # 128 px exercises every code path: per-sample and shared weights, the transposed
-    # conv + blur at low resolution, and (on CPU) the fused polyphase conv at 64 -> 128.
-    generator = tiny_generator(128)
+    # 64 px exercises both formulations: shared weights with scaled activations at 4 and 8 px
+    # (out * 3 * 3 > h * w), per-sample weights above.
+    generator = tiny_generator(64)
     ws = random_ws(generator, batch)
     ws = ws + 0.3 * torch.randn_like(ws)  # a different w per layer
     expected = reference_image(generator, ws)
     got = render(generator, ws)
-    assert got.shape == (batch, 3, 128, 128)
+    assert got.shape == (batch, 3, 64, 64)
     assert got.dtype == torch.float32
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5), (got - expected).abs().max()
 
@@ -198,10 +197,6 @@ def test_fir_helpers_match_upfirdn_with_an_asymmetric_kernel() -> None:
     x = torch.randn(2, 3, 5, 5)
     assert torch.allclose(upsample_2d(x, kernel), upfirdn(x, kernel, 2, (2, 1)), atol=1e-6)
     assert torch.allclose(blur_2d(x, kernel, (1, 1)), upfirdn(x, kernel, 1, (1, 1)), atol=1e-6)
-    weight = torch.randn(6, 3, 3, 3)
-    two_steps = upfirdn(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2), kernel, 1, (1, 1))
-    fused = F.pixel_shuffle(F.conv2d(x, polyphase_weight(weight, kernel), padding=1), 2)
-    assert torch.allclose(fused, two_steps, atol=1e-5)
 
 
 def test_batch_rows_are_rendered_independently() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+import torch
 import typer
 from PIL import Image
 from rich.table import Table
@@ -20,6 +21,7 @@ from bots.cli.common import console, fail, settings
 from inference.align import align_face
 from inference.faces import FaceBackendError, FaceDetector, make_backend
 from inference.images import ImageError, decode_image
+from inference.stylegan2 import Architecture, Generator
 
 app = typer.Typer(
     help="Measure the hot paths on this machine (printed tables).", no_args_is_help=True
@@ -150,8 +152,6 @@ def pipeline(
     resolution: Annotated[int, typer.Option(help="Generator resolution.")] = 1024,
 ) -> None:
     """Per-stage times of a toon with random-weight generators: 1 face and 4 faces."""
-    import torch
-
     from inference.invert import PerceptualModelMissingError
     from inference.pipeline import distance_factory, resolve_device
     from inference.pipeline_bench import STAGES, measure, random_toonifier
@@ -181,8 +181,9 @@ def pipeline(
         )
     photos = _group_photos()
     rows = measure(toonifier, photos, steps, runs)
+    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
     title = (
-        f"Pipeline: {resolution} px random generators on {_device_name(device)}, "
+        f"Pipeline: {resolution} px random generators on {_describe(device)}{threads}, "
         f"{config.models.dtype} render, {loss} loss, {steps} steps, {runs} runs"
     )
     table = Table("photo", "faces", *STAGES, title=title)
@@ -207,9 +208,73 @@ def _group_photos() -> dict[str, bytes]:
     return {"astronaut.jpg": _jpeg(astronaut), "astronaut-x4.jpg": _jpeg(grid)}
 
 
-def _device_name(device: Any) -> str:
-    import torch
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
 
+
+def _synthesis_seconds(generator: Generator, batch: int, runs: int) -> list[float]:
+    """Wall time of `runs` synthesis calls after one warm-up call (device synchronised)."""
+    device = generator.input.input.device
+    z = torch.randn(batch, generator.z_dim, generator=torch.Generator().manual_seed(0))
+    times = []
+    with torch.no_grad():
+        ws = generator.mapping(z.to(device))
+        for i in range(runs + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            generator.synthesis(ws, noise_mode="const")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:
+                times.append(time.perf_counter() - start)
+    return times
+
+
+@app.command("generator")
+def generator(
+    ctx: typer.Context,
+    resolutions: Annotated[str, typer.Option(help="Output sizes (config-f).")] = "256,512,1024",
+    batches: Annotated[str, typer.Option(help="Batch sizes.")] = "1,8",
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per cell (median).")] = 5,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:N (default: models.device).")
+    ] = None,
+) -> None:
+    """Images per second of the StyleGAN2 synthesis network (random config-f weights)."""
+    setting = device or settings(ctx).models.device
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    target = torch.device(setting)
+    dtypes = [torch.float32]
+    if target.type == "cuda":
+        dtypes += [torch.float16, torch.bfloat16]
+    threads = f", {torch.get_num_threads()} threads" if target.type == "cpu" else ""
+    table = Table(
+        "Resolution", "Batch", "dtype", "Median ms", "Images/s",
+        title=f"StyleGAN2 synthesis on {_describe(target)}{threads}, median of {runs}",
+    )  # fmt: skip
+    for resolution in _ints(resolutions):
+        base = Generator(Architecture(resolution)).eval().requires_grad_(False)
+        for dtype in dtypes:
+            model = base.to(target, dtype)
+            for batch in _ints(batches):
+                with console.status(f"{resolution} px, batch {batch}, {dtype}"):
+                    median = statistics.median(_synthesis_seconds(model, batch, runs))
+                table.add_row(
+                    str(resolution),
+                    str(batch),
+                    str(dtype).removeprefix("torch."),
+                    f"{median * 1e3:.0f}",
+                    f"{batch / median:.2f}",
+                )
+    console.print(table)
+
+
+def _describe(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
+    return device.type
