@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -20,7 +19,6 @@ from PIL import Image
 
 from inference.align import AlignedFace, align_face, paste_back
 from inference.blend import blend
-from inference.checkpoints import load_generator
 from inference.faces import FaceDetector, make_detector
 from inference.images import decode_image
 from inference.invert import (
@@ -34,6 +32,7 @@ from inference.invert import (
     pixel_distance,
     w_stats,
 )
+from inference.model_store import ModelStore
 from inference.settings import (
     FacesSettings,
     InvertSettings,
@@ -129,12 +128,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_path(models: ModelsSettings, name: str) -> Path:
-    """A model named in the config: a file in models.dir, `.safetensors` implied."""
-    path = models.dir / name
-    return path if path.suffix else path.with_suffix(".safetensors")
-
-
 def to_tensor(images: Sequence[Image.Image], device: torch.device) -> torch.Tensor:
     """RGB images -> [N, 3, H, W] float32 in [-1, 1]."""
     array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])
@@ -196,11 +189,12 @@ class Toonifier:
             raise ValueError(f"invert.method {config.invert.method!r} is not available yet")
         device = resolve_device(config.models.device)
         dtype = getattr(torch, config.models.dtype)
-        face = load_generator(model_path(config.models, config.models.face), device=device)
+        store = ModelStore(config.models.dir)
+        face = store.load(config.models.face, device)
         blends: dict[str, dict[int, Generator]] = {}
         styles: dict[str, StyleInfo] = {}
         for name, style in config.styles.items():
-            structure = load_generator(model_path(config.models, style.model), device=device)
+            structure = store.load(style.model, device)
             blends[name] = prepare_blends(
                 structure, face, style.strengths, style.blend_width, dtype
             )

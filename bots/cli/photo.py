@@ -37,8 +37,10 @@ def photo(
 ) -> None:
     """Toonify every face of a photo and write the result (format from OUT's extension)."""
     # torch loads here, not when any other command starts.
+    from inference.checkpoints import CheckpointError
     from inference.images import ImageError
     from inference.invert import PerceptualModelMissingError
+    from inference.model_store import ModelStoreError
     from inference.pipeline import NoFaceError, Toonifier
 
     config = settings(ctx)
@@ -51,7 +53,7 @@ def photo(
     with console.status("loading models"):
         try:
             toonifier = Toonifier.from_config(config)
-        except (PerceptualModelMissingError, FileNotFoundError, ValueError) as exc:
+        except (PerceptualModelMissingError, ModelStoreError, CheckpointError, ValueError) as exc:
             fail(str(exc))
     try:
         toonifier.pick(style, strength)
