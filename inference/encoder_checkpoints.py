@@ -221,13 +221,10 @@ def import_encoder(ckpt: EncoderCheckpoint, target: Path, *, source: str) -> Pat
 
 
 def load_psp_style(path: Path, device: torch.device | str = "cpu") -> tuple[FaceEncoder, Generator]:
-    """pSp's toonify: the encoder and the generator it encodes into, from an imported
-    encoder file (its `<name>-decoder` beside it) or straight from the public `.pt`."""
-    if path.suffix == ".safetensors":
-        decoder = read_encoder_metadata(path).get("decoder")
-        if decoder is None:
-            raise EncoderFormatError(f"{path}: this encoder file names no decoder")
-        generator = load_generator(path.with_name(f"{decoder}.safetensors"), device)
-        return _read_canonical(path).to(device), generator
-    ckpt = read_encoder_checkpoint(path)
-    return ckpt.encoder.to(device), decoder_generator(ckpt, str(path)).to(device)
+    """pSp's toonify: an imported encoder file and the generator it encodes into (the
+    `<name>-decoder` written beside it)."""
+    decoder = read_encoder_metadata(path).get("decoder")
+    if decoder is None:
+        raise EncoderFormatError(f"{path}: this encoder file names no decoder")
+    generator = load_generator(path.with_name(f"{decoder}.safetensors"), device)
+    return _read_canonical(path).to(device), generator

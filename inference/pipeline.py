@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -20,7 +19,6 @@ from PIL import Image
 
 from inference.align import AlignedFace, align_face, paste_back
 from inference.blend import blend
-from inference.checkpoints import load_generator
 from inference.encoder_checkpoints import load_encoder, load_psp_style
 from inference.encoders import FaceEncoder
 from inference.faces import FaceDetector, make_detector
@@ -36,6 +34,7 @@ from inference.invert import (
     pixel_distance,
     w_stats,
 )
+from inference.model_store import ModelStore
 from inference.settings import (
     FacesSettings,
     InvertSettings,
@@ -131,12 +130,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_path(models: ModelsSettings, name: str) -> Path:
-    """A model named in the config: a file in models.dir, `.safetensors` implied."""
-    path = models.dir / name
-    return path if path.suffix else path.with_suffix(".safetensors")
-
-
 def to_tensor(images: Sequence[Image.Image], device: torch.device) -> torch.Tensor:
     """RGB images -> [N, 3, H, W] float32 in [-1, 1]."""
     array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])
@@ -203,7 +196,8 @@ class Toonifier:
         """Load the FFHQ generator and every style, and blend every strength, once."""
         device = resolve_device(config.models.device)
         dtype = getattr(torch, config.models.dtype)
-        face = load_generator(model_path(config.models, config.models.face), device=device)
+        store = ModelStore(config.models.dir)
+        face = store.load(config.models.face, device)
         method = config.invert.method
         steps = {
             "optimize": config.invert.steps,
@@ -212,21 +206,21 @@ class Toonifier:
         }[method]
         encoder = None
         if method != "optimize":
-            encoder = load_encoder(model_path(config.models, config.invert.encoder), device)
+            encoder = load_encoder(store.path(config.invert.encoder), device)
             _check_fits(encoder, face, f"invert.encoder {config.invert.encoder!r}")
         blends: dict[str, dict[int, Generator]] = {}
         styles: dict[str, StyleInfo] = {}
         style_encoders: dict[str, FaceEncoder] = {}
         for name, style in config.styles.items():
             if style.kind == "psp":
-                psp, decoder = load_psp_style(model_path(config.models, style.model), device)
+                psp, decoder = load_psp_style(store.path(style.model), device)
                 _check_fits(psp, decoder, f"styles.{name}.model {style.model!r}")
                 style_encoders[name] = psp
                 full = decoder.resolution
                 blends[name] = {full: decoder.to(dtype).eval().requires_grad_(False)}
                 styles[name] = StyleInfo(name, style.label or name, [full], full)
                 continue
-            structure = load_generator(model_path(config.models, style.model), device=device)
+            structure = store.load(style.model, device)
             blends[name] = prepare_blends(
                 structure, face, style.strengths, style.blend_width, dtype
             )

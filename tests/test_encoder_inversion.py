@@ -18,8 +18,8 @@ from bots.cli import app
 from bots.config import Settings
 from inference.checkpoints import load_generator
 from inference.encoder_checkpoints import (
+    decoder_generator,
     import_encoder,
-    load_psp_style,
     read_encoder_checkpoint,
     save_encoder,
 )
@@ -80,8 +80,8 @@ def test_refining_the_encoders_answer_beats_the_encoder_alone() -> None:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """Tiny FFHQ + toon models, an FFHQ encoder `e4e`, and pSp's toonify as `psp_toonify`
-    (imported like `toonify models import` does) and as the public `.pt`."""
+    """Tiny FFHQ + toon models, an FFHQ encoder `e4e`, and pSp's toonify as the public `.pt`
+    and imported from it (like `toonify models import` does) as `psp_toonify`."""
     directory = tmp_path_factory.mktemp("models")
     config = write_tiny_models(directory, steps=4)
     save_encoder(_ffhq_encoder(), directory / "e4e.safetensors", source="test")
@@ -148,18 +148,18 @@ def test_encoder_that_does_not_fit_the_face_model_is_refused(
         _toonifier(config, method="encoder", encoder="e4e18")
 
 
-@pytest.mark.parametrize("model", ["psp_toonify", "psp_toonify.pt"])
 def test_psp_style_encodes_straight_into_its_toon_model(
-    models: tuple[Path, dict[str, Any]], prepared: Prepared, model: str
+    models: tuple[Path, dict[str, Any]], prepared: Prepared
 ) -> None:
     directory, config = models
-    styles = {**config["styles"], "psp": {"kind": "psp", "model": model, "label": "pSp"}}
+    styles = {**config["styles"], "psp": {"kind": "psp", "model": "psp_toonify", "label": "pSp"}}
     toonifier = Toonifier.from_config(Settings(**{**config, "styles": styles}))
     assert toonifier.pick("psp", None) == ("psp", 32)
     assert toonifier.styles["psp"].strengths == [32]
     (latents,) = toonifier.invert([prepared])
     result = toonifier.finish(prepared, latents, style="psp")
-    encoder, decoder = load_psp_style(directory / "psp_toonify.pt")
+    ckpt = read_encoder_checkpoint(directory / "psp_toonify.pt")
+    encoder, decoder = ckpt.encoder, decoder_generator(ckpt, "psp_toonify.pt")
     with torch.no_grad():
         ws = encoder(to_tensor([f.image for f in prepared.faces], torch.device("cpu")))
         expected = to_images(decoder.synthesis(ws, noise_mode="const"))

@@ -181,8 +181,9 @@ def pipeline(
         )
     photos = _group_photos()
     rows = measure(toonifier, photos, steps, runs)
+    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
     title = (
-        f"Pipeline: {resolution} px random generators on {_device_name(device)}, "
+        f"Pipeline: {resolution} px random generators on {_describe(device)}{threads}, "
         f"{config.models.dtype} render, {loss} loss, {steps} steps, {runs} runs"
     )
     table = Table("photo", "faces", *STAGES, title=title)
@@ -205,12 +206,6 @@ def _group_photos() -> dict[str, bytes]:
         for y in (0, astronaut.height):
             grid.paste(astronaut, (x, y))
     return {"astronaut.jpg": _jpeg(astronaut), "astronaut-x4.jpg": _jpeg(grid)}
-
-
-def _device_name(device: Any) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
 
 
 @app.command("encoder")

@@ -43,6 +43,7 @@ def photo(
     from inference.checkpoints import CheckpointError
     from inference.images import ImageError
     from inference.invert import PerceptualModelMissingError
+    from inference.model_store import ModelStoreError
     from inference.pipeline import NoFaceError, Toonifier
 
     config = settings(ctx)
@@ -55,7 +56,7 @@ def photo(
     with console.status("loading models"):
         try:
             toonifier = Toonifier.from_config(config)
-        except (PerceptualModelMissingError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        except (PerceptualModelMissingError, ModelStoreError, CheckpointError, ValueError) as exc:
             fail(str(exc))
     try:
         toonifier.pick(style, strength)
