@@ -67,12 +67,18 @@ class NoFaceError(Exception):
 class ToonifierConfig(Protocol):
     """The sections of bots.config.Settings the Toonifier reads."""
 
-    models: ModelsSettings
-    styles: Mapping[str, StyleSettings]
-    style: str
-    faces: FacesSettings
-    limits: LimitsSettings
-    invert: InvertSettings
+    @property
+    def models(self) -> ModelsSettings: ...
+    @property
+    def styles(self) -> Mapping[str, StyleSettings]: ...
+    @property
+    def style(self) -> str: ...
+    @property
+    def faces(self) -> FacesSettings: ...
+    @property
+    def limits(self) -> LimitsSettings: ...
+    @property
+    def invert(self) -> InvertSettings: ...
 
 
 @dataclass(frozen=True)
@@ -303,7 +309,7 @@ class Toonifier:
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
     ) -> Result:
-        """prepare + invert + finish, for the command line."""
+        """prepare + invert + finish in one call, reporting each stage to `progress`."""
         self.pick(style, strength)
         if progress is not None:
             progress("detect", 0, 1)

@@ -203,3 +203,16 @@ def test_photo_command_explains_a_missing_face(tmp_path: Path, config: dict[str,
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 1
     assert "could not find a face" in result.output
+
+
+def test_bench_pipeline_times_every_stage_for_one_and_four_faces(
+    tmp_path: Path, config: dict[str, Any]
+) -> None:
+    toml = write_toml(config, tmp_path / "config.toml")
+    command = ["--config", str(toml), "bench", "pipeline", "--resolution", "32", "--steps", "2"]
+    result = CliRunner().invoke(app, [*command, "--runs", "1"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "astronaut" in line]
+    assert len(rows) == 2
+    assert [row.split("│")[2].strip() for row in rows] == ["1", "4"]
+    assert all(row.count(" ms") == 7 for row in rows), rows
