@@ -45,7 +45,7 @@ from inference.stylegan2 import Generator
 __all__ = [
     "Cancelled",
     "Latents",
-    "NoFaceError",
+    "NoFace",
     "Prepared",
     "ProgressFn",
     "Result",
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 
-class NoFaceError(Exception):
+class NoFace(Exception):
     """No face in the photo that can be used; `reason` is for the person who sent it."""
 
     def __init__(self, skipped: Sequence[str]) -> None:
@@ -231,7 +231,7 @@ class Toonifier:
             detection = self.detector.detect(photo)
         skipped = [s.reason for s in detection.skipped]
         if not detection.faces:
-            raise NoFaceError(skipped)
+            raise NoFace(skipped)
         with _timed(timings, "align"):
             faces = [align_face(photo, f.landmarks, self.resolution) for f in detection.faces]
         return Prepared(photo, faces, skipped, timings)

@@ -17,7 +17,7 @@ from bots.cli import app
 from bots.config import Settings
 from inference.align import AlignedFace
 from inference.images import decode_image, encode_jpeg
-from inference.pipeline import Cancelled, NoFaceError, Toonifier
+from inference.pipeline import Cancelled, NoFace, Toonifier
 from inference.settings import LimitsSettings
 from tests.tiny_toonify import write_tiny_models
 
@@ -138,7 +138,7 @@ def test_jobs_batched_together_get_their_own_latents(
 
 
 def test_a_photo_without_a_face_says_so(toonifier: Toonifier) -> None:
-    with pytest.raises(NoFaceError) as info:
+    with pytest.raises(NoFace) as info:
         toonifier.prepare(jpeg(data.chelsea()))
     assert "face" in info.value.reason
 
