@@ -14,7 +14,6 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F  # noqa: N812 (the PyTorch convention)
@@ -36,7 +35,6 @@ PIXEL_MIN_SIZE = 16
 
 ProgressFn = Callable[[str, int, int], None]
 StopFn = Callable[[], bool]
-LossKind = Literal["perceptual", "pixel"]
 
 
 class Cancelled(Exception):

@@ -47,7 +47,7 @@ from inference.stylegan2 import Generator
 __all__ = [
     "Cancelled",
     "Latents",
-    "NoFaceError",
+    "NoFace",
     "Prepared",
     "ProgressFn",
     "Result",
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 
-class NoFaceError(Exception):
+class NoFace(Exception):
     """No face in the photo that can be used; `reason` is for the person who sent it."""
 
     def __init__(self, skipped: Sequence[str]) -> None:
@@ -69,12 +69,18 @@ class NoFaceError(Exception):
 class ToonifierConfig(Protocol):
     """The sections of bots.config.Settings the Toonifier reads."""
 
-    models: ModelsSettings
-    styles: Mapping[str, StyleSettings]
-    style: str
-    faces: FacesSettings
-    limits: LimitsSettings
-    invert: InvertSettings
+    @property
+    def models(self) -> ModelsSettings: ...
+    @property
+    def styles(self) -> Mapping[str, StyleSettings]: ...
+    @property
+    def style(self) -> str: ...
+    @property
+    def faces(self) -> FacesSettings: ...
+    @property
+    def limits(self) -> LimitsSettings: ...
+    @property
+    def invert(self) -> InvertSettings: ...
 
 
 @dataclass(frozen=True)
@@ -256,7 +262,7 @@ class Toonifier:
             detection = self.detector.detect(photo)
         skipped = [s.reason for s in detection.skipped]
         if not detection.faces:
-            raise NoFaceError(skipped)
+            raise NoFace(skipped)
         with _timed(timings, "align"):
             faces = [align_face(photo, f.landmarks, self.resolution) for f in detection.faces]
         return Prepared(photo, faces, skipped, timings)
@@ -349,7 +355,7 @@ class Toonifier:
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
     ) -> Result:
-        """prepare + invert + finish, for the command line."""
+        """prepare + invert + finish in one call, reporting each stage to `progress`."""
         self.pick(style, strength)
         if progress is not None:
             progress("detect", 0, 1)

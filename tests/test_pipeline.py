@@ -17,7 +17,7 @@ from bots.cli import app
 from bots.config import Settings
 from inference.align import AlignedFace
 from inference.images import decode_image, encode_jpeg
-from inference.pipeline import Cancelled, NoFaceError, Toonifier
+from inference.pipeline import Cancelled, NoFace, Toonifier
 from inference.settings import LimitsSettings
 from tests.tiny_toonify import write_tiny_models
 
@@ -138,7 +138,7 @@ def test_jobs_batched_together_get_their_own_latents(
 
 
 def test_a_photo_without_a_face_says_so(toonifier: Toonifier) -> None:
-    with pytest.raises(NoFaceError) as info:
+    with pytest.raises(NoFace) as info:
         toonifier.prepare(jpeg(data.chelsea()))
     assert "face" in info.value.reason
 
@@ -203,3 +203,16 @@ def test_photo_command_explains_a_missing_face(tmp_path: Path, config: dict[str,
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 1
     assert "could not find a face" in result.output
+
+
+def test_bench_pipeline_times_every_stage_for_one_and_four_faces(
+    tmp_path: Path, config: dict[str, Any]
+) -> None:
+    toml = write_toml(config, tmp_path / "config.toml")
+    command = ["--config", str(toml), "bench", "pipeline", "--resolution", "32", "--steps", "2"]
+    result = CliRunner().invoke(app, [*command, "--runs", "1"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "astronaut" in line]
+    assert len(rows) == 2
+    assert [row.split("│")[2].strip() for row in rows] == ["1", "4"]
+    assert all(row.count(" ms") == 7 for row in rows), rows

@@ -44,7 +44,7 @@ def photo(
     from inference.images import ImageError
     from inference.invert import PerceptualModelMissingError
     from inference.model_store import ModelStoreError
-    from inference.pipeline import NoFaceError, Toonifier
+    from inference.pipeline import NoFace, Toonifier
 
     config = settings(ctx)
     if steps is not None:
@@ -61,7 +61,7 @@ def photo(
     try:
         toonifier.pick(style, strength)
         prepared, result = _run(toonifier, data, style, strength)
-    except (ImageError, NoFaceError) as exc:
+    except (ImageError, NoFace) as exc:
         fail(exc.reason)
     except ValueError as exc:
         fail(str(exc))
