@@ -313,3 +313,36 @@ def _describe(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return device.type
+
+
+@app.command("service")
+def service(
+    jobs: Annotated[int, typer.Option(min=1, help="Jobs per run.")] = 20,
+    runs: Annotated[int, typer.Option(min=1, help="Runs; the table shows their median.")] = 3,
+    steps: Annotated[int, typer.Option(min=1, help="Inversion steps per job.")] = 2,
+    batches: Annotated[str, typer.Option(help="worker.max_batch values to compare.")] = "1,4",
+) -> None:
+    """Per-job overhead outside inference and throughput by max_batch, on tiny models (CPU)."""
+    from bots.service_bench import measure, median
+
+    figures = asyncio.run(measure(jobs, runs, steps, _ints(batches)))
+    table = Table(title=f"Service: {jobs} jobs x {runs} runs, tiny 32 px models, {steps} steps")
+    table.add_column("measure")
+    table.add_column("median", justify="right")
+    table.add_column("min", justify="right")
+    table.add_column("max", justify="right")
+    overhead = figures.overhead_ms
+    table.add_row(
+        "overhead per job (ms)",
+        f"{median(overhead):.1f}",
+        f"{min(overhead):.1f}",
+        f"{max(overhead):.1f}",
+    )
+    for batch, rates in figures.throughput.items():
+        table.add_row(
+            f"jobs/s, {jobs} users at once, max_batch {batch}",
+            f"{median(rates):.2f}",
+            f"{min(rates):.2f}",
+            f"{max(rates):.2f}",
+        )
+    console.print(table)
