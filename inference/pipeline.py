@@ -194,6 +194,7 @@ class Toonifier:
         if config.invert.method != "optimize":
             raise ValueError(f"invert.method {config.invert.method!r} is not available yet")
         device = resolve_device(config.models.device)
+        make_distance = distance_factory(config.invert, config.models, device)  # fails fast
         dtype = getattr(torch, config.models.dtype)
         store = ModelStore(config.models.dir)
         face = store.load(config.models.face, device)
@@ -215,7 +216,7 @@ class Toonifier:
             detector=make_detector(config.faces, str(device)),
             limits=config.limits,
             steps=config.invert.steps,
-            make_distance=distance_factory(config.invert, config.models, device),
+            make_distance=make_distance,
         )
 
     @property
