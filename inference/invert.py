@@ -174,13 +174,15 @@ def invert(
     *,
     steps: int,
     seeds: Sequence[int],
+    start: torch.Tensor | None = None,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> Inversion:
     """Optimise one W+ code and one set of noise maps per seed against `distance`.
 
     Face i draws its initial noise maps and its latent noise from `torch.Generator(seeds[i])`,
-    so a batch gives the same codes as separate runs with the same seeds.
+    so a batch gives the same codes as separate runs with the same seeds. The codes start at
+    w_avg, or at `start` [N, num_ws, w_dim] (an encoder's answer, refined here).
     """
     device = generator.input.input.device
     stats = w_stats(generator)
@@ -189,7 +191,9 @@ def invert(
     def per_sample_randn(shape: Sequence[int]) -> torch.Tensor:
         return torch.stack([torch.randn(*shape, generator=rng) for rng in rngs]).to(device)
 
-    w_opt = stats.mean.repeat(len(seeds), generator.num_ws, 1).requires_grad_(True)
+    if start is None:
+        start = stats.mean.repeat(len(seeds), generator.num_ws, 1)
+    w_opt = start.detach().to(stats.mean).clone().requires_grad_(True)
     noises = [
         per_sample_randn(buffer.shape[1:]).requires_grad_(True)
         for buffer in generator.noise_buffers()

@@ -28,6 +28,13 @@ from inference.checkpoints import (
     read_model_info,
     save_generator,
 )
+from inference.encoder_checkpoints import (
+    EncoderInfo,
+    NotAnEncoderError,
+    import_encoder,
+    read_encoder_checkpoint,
+    read_encoder_info,
+)
 from inference.stylegan2 import Generator
 
 SUFFIX = ".safetensors"
@@ -46,9 +53,10 @@ class ModelStoreError(Exception):
 
 @dataclass(frozen=True)
 class ImportResult:
-    info: ModelInfo
+    info: ModelInfo | None  # the generator written (a pSp/e4e checkpoint's decoder), if any
     format: CheckpointFormat
     sha256: str
+    encoder: EncoderInfo | None = None  # when the file was a pSp/e4e encoder checkpoint
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ class ModelEntry:
     name: str
     info: ModelInfo | None
     error: str | None = None
+    encoder: EncoderInfo | None = None
 
 
 def sha256_file(path: Path) -> str:
@@ -146,7 +155,7 @@ class ModelStore:
             try:
                 entries.append(ModelEntry(name, read_model_info(path)))
             except CheckpointError as exc:
-                entries.append(ModelEntry(name, None, str(exc)))
+                entries.append(_encoder_entry(name, path, exc))
         return entries
 
     def load(self, name: str, device: str | torch.device = "cpu") -> Generator:
@@ -211,11 +220,28 @@ class ModelStore:
         digest = sha256_file(path)
         if expected is not None and digest != expected:
             raise ModelStoreError(f"{source}: sha256 is {digest}, expected {expected}")
-        loaded = load_checkpoint(path)
+        try:
+            loaded = load_checkpoint(path)
+        except CheckpointError as not_a_generator:
+            return self._convert_encoder(path, source, target, digest, not_a_generator)
         save_generator(
             loaded.generator, target, source=f"{source} ({loaded.format}, sha256 {digest})"
         )
         return ImportResult(read_model_info(target), loaded.format, digest)
+
+    def _convert_encoder(
+        self, path: Path, source: str, target: Path, digest: str, not_a_generator: CheckpointError
+    ) -> ImportResult:
+        """A pSp/e4e checkpoint: the encoder as `target`, its generator as `<name>-decoder`."""
+        try:
+            ckpt = read_encoder_checkpoint(path)
+        except NotAnEncoderError:
+            raise not_a_generator from None
+        self._new(f"{target.name.removesuffix(SUFFIX)}-decoder")
+        kind = ckpt.encoder.arch.kind
+        decoder = import_encoder(ckpt, target, source=f"{source} ({kind}, sha256 {digest})")
+        info = read_model_info(decoder) if decoder is not None else None
+        return ImportResult(info, "rosinality", digest, read_encoder_info(target))
 
 
 def _check_sha256(value: str | None) -> str | None:
@@ -225,3 +251,13 @@ def _check_sha256(value: str | None) -> str | None:
     if not SHA256_PATTERN.fullmatch(normalised):
         raise ModelStoreError(f"--sha256 {value!r} is not 64 hexadecimal digits")
     return normalised
+
+
+def _encoder_entry(name: str, path: Path, not_a_generator: CheckpointError) -> ModelEntry:
+    """A file that is not a generator: an encoder, or unreadable for the generator's reason."""
+    try:
+        return ModelEntry(name, None, encoder=read_encoder_info(path))
+    except NotAnEncoderError:
+        return ModelEntry(name, None, str(not_a_generator))
+    except CheckpointError as exc:
+        return ModelEntry(name, None, str(exc))

@@ -19,6 +19,8 @@ from PIL import Image
 
 from inference.align import AlignedFace, align_face, paste_back
 from inference.blend import blend
+from inference.encoder_checkpoints import load_encoder, load_psp_style
+from inference.encoders import FaceEncoder
 from inference.faces import FaceDetector, make_detector
 from inference.images import decode_image
 from inference.invert import (
@@ -176,7 +178,12 @@ class Toonifier:
         limits: LimitsSettings,
         steps: int,
         make_distance: Callable[[torch.Tensor], Distance],
+        encoder: FaceEncoder | None = None,
+        style_encoders: Mapping[str, FaceEncoder] | None = None,
     ) -> None:
+        """`encoder` set: its answer is the codes (steps 0) or where `steps` of optimisation
+        start; else they start at w_avg. `style_encoders` map the faces straight into the one
+        model of `blends[style]` (pSp's toonify), without the FFHQ codes."""
         self.face = face.eval().requires_grad_(False)
         self.blends = blends
         self.styles = styles
@@ -185,22 +192,45 @@ class Toonifier:
         self.limits = limits
         self.steps = steps
         self.make_distance = make_distance
+        self.encoder = encoder
+        self.style_encoders = dict(style_encoders or {})
         self.device = next(face.parameters()).device
         w_stats(face)  # computed now rather than during the first request
 
     @classmethod
     def from_config(cls, config: ToonifierConfig) -> Toonifier:
         """Load the FFHQ generator and every style, and blend every strength, once."""
-        if config.invert.method != "optimize":
-            raise ValueError(f"invert.method {config.invert.method!r} is not available yet")
         device = resolve_device(config.models.device)
-        make_distance = distance_factory(config.invert, config.models, device)  # fails fast
+        method = config.invert.method
+        steps = {
+            "optimize": config.invert.steps,
+            "encoder": 0,
+            "encoder+optimize": config.invert.refine_steps,
+        }[method]
+        # Before any generator loads, so a missing vgg16.pt fails fast; the encoder alone
+        # never measures a distance, so it needs no perceptual network.
+        make_distance = (
+            distance_factory(config.invert, config.models, device) if steps else pixel_distance
+        )
         dtype = getattr(torch, config.models.dtype)
         store = ModelStore(config.models.dir)
         face = store.load(config.models.face, device)
+        encoder = None
+        if method != "optimize":
+            encoder = load_encoder(store.path(config.invert.encoder), device)
+            _check_fits(encoder, face, f"invert.encoder {config.invert.encoder!r}")
         blends: dict[str, dict[int, Generator]] = {}
         styles: dict[str, StyleInfo] = {}
+        style_encoders: dict[str, FaceEncoder] = {}
         for name, style in config.styles.items():
+            if style.kind == "psp":
+                psp, decoder = load_psp_style(store.path(style.model), device)
+                _check_fits(psp, decoder, f"styles.{name}.model {style.model!r}")
+                style_encoders[name] = psp
+                full = decoder.resolution
+                blends[name] = {full: decoder.to(dtype).eval().requires_grad_(False)}
+                styles[name] = StyleInfo(name, style.label or name, [full], full)
+                continue
             structure = store.load(style.model, device)
             blends[name] = prepare_blends(
                 structure, face, style.strengths, style.blend_width, dtype
@@ -215,8 +245,10 @@ class Toonifier:
             default_style=config.style,
             detector=make_detector(config.faces, str(device)),
             limits=config.limits,
-            steps=config.invert.steps,
+            steps=steps,
             make_distance=make_distance,
+            encoder=encoder,
+            style_encoders=style_encoders,
         )
 
     @property
@@ -252,17 +284,27 @@ class Toonifier:
         faces = [face for prepared in batch for face in prepared.faces]
         seeds = [i for prepared in batch for i in range(len(prepared.faces))]
         targets = to_tensor([face.image for face in faces], self.device)
-        found = invert(
-            self.face,
-            self.make_distance(targets),
-            steps=self.steps,
-            seeds=seeds,
-            progress=progress,
-            should_stop=should_stop,
-        )
+        encoded = None
+        if self.encoder is not None:
+            with torch.no_grad():
+                encoded = self.encoder(targets)
+        if encoded is not None and self.steps == 0:
+            found_ws = encoded.float().cpu()
+            if progress is not None:
+                progress("invert", 1, 1)
+        else:
+            found_ws = invert(
+                self.face,
+                self.make_distance(targets),
+                steps=self.steps,
+                seeds=seeds,
+                start=encoded,
+                progress=progress,
+                should_stop=should_stop,
+            ).ws
         elapsed = time.perf_counter() - start
         latents = []
-        for prepared, ws in zip(batch, found.ws.split([len(p.faces) for p in batch]), strict=True):
+        for prepared, ws in zip(batch, found_ws.split([len(p.faces) for p in batch]), strict=True):
             prepared.timings["invert"] = elapsed
             latents.append(Latents(ws=ws.clone()))
         return latents
@@ -288,13 +330,18 @@ class Toonifier:
         style: str | None = None,
         strength: int | None = None,
     ) -> Result:
-        """Re-render cached codes with any prepared style and strength: one generator pass."""
+        """Re-render cached codes with any prepared style and strength: one generator pass.
+
+        A pSp style encodes the aligned faces into its own model instead (one more pass)."""
         style, strength = self.pick(style, strength)
         model = self.blends[style][strength]
         timings: dict[str, float] = {}
         with _timed(timings, "render"), torch.no_grad():
             # ws stay float32 whatever the model's dtype: the generator modulates in float32.
-            images = model.synthesis(latents.ws.to(self.device), noise_mode="const")
+            ws = latents.ws
+            if style in self.style_encoders:
+                ws = self.style_encoders[style](to_tensor([f.image for f in faces], self.device))
+            images = model.synthesis(ws.to(self.device), noise_mode="const")
             toons = to_images(images)
         with _timed(timings, "paste"):
             pasted = paste_back(
@@ -335,6 +382,15 @@ class Toonifier:
         if chosen not in info.strengths:
             raise ValueError(f"style {name!r} has strengths {info.strengths}, not {chosen}")
         return name, chosen
+
+
+def _check_fits(encoder: FaceEncoder, generator: Generator, what: str) -> None:
+    """An encoder's codes only mean something to the generator it was trained with."""
+    if (encoder.num_ws, encoder.w_dim) != (generator.num_ws, generator.w_dim):
+        raise ValueError(
+            f"{what} gives {encoder.num_ws} codes of {encoder.w_dim}, but the generator takes "
+            f"{generator.num_ws} of {generator.w_dim}"
+        )
 
 
 def distance_factory(

@@ -24,9 +24,9 @@ from inference.checkpoints import (
 from inference.safe_pickle import ARGPARSE_NAMESPACE, UnsafePickleError, restricted_load
 from inference.stylegan2 import Generator
 from tests.tiny_models import (
-    _module,
     marker_src,
     nvlabs_generator,
+    persistent_module,
     random_ws,
     render,
     tf_gs,
@@ -212,16 +212,16 @@ def test_truncated_files(tmp_path: Path, fmt: str, filename: str, write: Writer)
 
 def test_alias_free_stylegan3_is_refused(tmp_path: Path) -> None:
     src = "# stylegan3 networks_stylegan3.py\n"
-    layer = _module("SynthesisLayer", src, {"weight": torch.randn(4, 4, 3, 3)})
-    synthesis = _module(
+    layer = persistent_module("SynthesisLayer", src, {"weight": torch.randn(4, 4, 3, 3)})
+    synthesis = persistent_module(
         "SynthesisNetwork",
         src,
         modules={
-            "input": _module("SynthesisInput", src, {"weight": torch.randn(4, 2)}),
+            "input": persistent_module("SynthesisInput", src, {"weight": torch.randn(4, 2)}),
             "L0_36_512": layer,
         },
     )
-    g_ema = _module("Generator", src, modules={"synthesis": synthesis})
+    g_ema = persistent_module("Generator", src, modules={"synthesis": synthesis})
     path = write_pickle({"G_ema": g_ema, "G": g_ema, "D": None}, tmp_path / "sg3.pkl", 4)
     with pytest.raises(CheckpointError, match="alias-free StyleGAN3"):
         load_generator(path)
@@ -255,7 +255,7 @@ def test_unsupported_variants_are_refused(tmp_path: Path) -> None:
         load_generator(resnet)
     g_ema = nvlabs_generator(source)
     mapping = g_ema.state["_modules"]["mapping"]
-    mapping.state["_modules"]["embed"] = _module(
+    mapping.state["_modules"]["embed"] = persistent_module(
         "FullyConnectedLayer", "", {"weight": torch.ones(1)}
     )
     with pytest.raises(CheckpointError, match="class-conditional"):

@@ -198,7 +198,9 @@ def write_pickle(obj: Any, path: Path, protocol: int) -> Path:
 # ---------------------------------------------------------------- NVlabs stylegan2-ada .pkl
 
 
-def _module(class_name: str, src: str, params=None, buffers=None, modules=None, **attrs) -> Any:  # type: ignore[no-untyped-def]
+def persistent_module(
+    class_name: str, src: str, params=None, buffers=None, modules=None, **attrs
+) -> Any:  # type: ignore[no-untyped-def]
     """A persistent module as torch pickles it: its __dict__, hooks and all."""
     state = {
         "training": False,
@@ -232,7 +234,7 @@ def nvlabs_generator(generator: Generator, src: str = HARMLESS_SRC) -> Any:
 
     def affine(prefix: str) -> Any:
         weight = sd[f"{prefix}.conv.modulation.weight"]
-        return _module(
+        return persistent_module(
             "FullyConnectedLayer",
             src,
             {"weight": weight, "bias": sd[f"{prefix}.conv.modulation.bias"]},
@@ -244,7 +246,7 @@ def nvlabs_generator(generator: Generator, src: str = HARMLESS_SRC) -> Any:
         )
 
     def layer(prefix: str, noise: int, res: int, up: int) -> Any:
-        return _module(
+        return persistent_module(
             "SynthesisLayer",
             src,
             {
@@ -264,7 +266,7 @@ def nvlabs_generator(generator: Generator, src: str = HARMLESS_SRC) -> Any:
         )
 
     def torgb(prefix: str) -> Any:
-        return _module(
+        return persistent_module(
             "ToRGBLayer",
             src,
             {"weight": sd[f"{prefix}.conv.weight"][0], "bias": sd[f"{prefix}.bias"].reshape(3)},
@@ -274,7 +276,7 @@ def nvlabs_generator(generator: Generator, src: str = HARMLESS_SRC) -> Any:
         )
 
     blocks: dict[str, Any] = {
-        "b4": _module(
+        "b4": persistent_module(
             "SynthesisBlock",
             src,
             {"const": sd["input.input"][0]},
@@ -288,7 +290,7 @@ def nvlabs_generator(generator: Generator, src: str = HARMLESS_SRC) -> Any:
     }
     for k in range(arch.log2_resolution - 2):
         res = 2 ** (k + 3)
-        blocks[f"b{res}"] = _module(
+        blocks[f"b{res}"] = persistent_module(
             "SynthesisBlock",
             src,
             buffers={"resample_filter": fir},
@@ -301,7 +303,7 @@ def nvlabs_generator(generator: Generator, src: str = HARMLESS_SRC) -> Any:
             architecture="skip",
             use_fp16=False,
         )
-    synthesis = _module(
+    synthesis = persistent_module(
         "SynthesisNetwork",
         src,
         modules=blocks,
@@ -311,7 +313,7 @@ def nvlabs_generator(generator: Generator, src: str = HARMLESS_SRC) -> Any:
         num_ws=arch.num_ws,
     )
     fcs = {
-        f"fc{i}": _module(
+        f"fc{i}": persistent_module(
             "FullyConnectedLayer",
             src,
             {"weight": sd[f"style.{i + 1}.weight"], "bias": sd[f"style.{i + 1}.bias"]},
@@ -321,7 +323,7 @@ def nvlabs_generator(generator: Generator, src: str = HARMLESS_SRC) -> Any:
         )
         for i in range(arch.n_mlp)
     }
-    mapping = _module(
+    mapping = persistent_module(
         "MappingNetwork",
         src,
         buffers={"w_avg": generator.w_avg},
@@ -342,7 +344,7 @@ def nvlabs_generator(generator: Generator, src: str = HARMLESS_SRC) -> Any:
         "mapping_kwargs": EasyDict(num_layers=arch.n_mlp),
         "synthesis_kwargs": EasyDict(channel_base=arch.channel_base, num_fp16_res=0),
     }
-    return _module(
+    return persistent_module(
         "Generator",
         src,
         modules={"synthesis": synthesis, "mapping": mapping},
@@ -363,7 +365,7 @@ def write_nvlabs(
     other = tiny_generator(generator.resolution, seed=99, **_arch_overrides(generator.arch))
     snapshot = {
         "G": nvlabs_generator(other, src),
-        "D": _module("Discriminator", src, {"b4.fc.weight": torch.randn(2, 2)}),
+        "D": persistent_module("Discriminator", src, {"b4.fc.weight": torch.randn(2, 2)}),
         "G_ema": nvlabs_generator(generator, src) if g_ema is None else g_ema,
         "training_set_kwargs": EasyDict(path="faces.zip", resolution=generator.resolution),
         "augment_pipe": None,

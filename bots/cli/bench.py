@@ -208,6 +208,41 @@ def _group_photos() -> dict[str, bytes]:
     return {"astronaut.jpg": _jpeg(astronaut), "astronaut-x4.jpg": _jpeg(grid)}
 
 
+@app.command("encoder")
+def encoder(
+    ctx: typer.Context,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per row (median shown).")] = 5,
+) -> None:
+    """Forward time per face of a full-size e4e encoder (random weights), batch 1 and 8."""
+    from inference.encoders import EncoderArch, FaceEncoder
+    from inference.pipeline import resolve_device
+
+    device = resolve_device(settings(ctx).models.device)
+    model = FaceEncoder(EncoderArch(kind="e4e"), torch.zeros(18, 512)).eval().to(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    table = Table(title=f"Encoder forward (IR-SE-50, 256 px, float32) on {name}")
+    for column in ("batch", "ms / batch", "ms / face", "faces / s"):
+        table.add_column(column, justify="right")
+    for batch in (1, 8):
+        faces = torch.rand(batch, 3, 256, 256, device=device) * 2 - 1
+        with torch.inference_mode():
+            seconds = _median(runs, _forward, model, faces)
+        table.add_row(
+            str(batch),
+            f"{seconds * 1e3:.1f}",
+            f"{seconds * 1e3 / batch:.1f}",
+            f"{batch / seconds:.1f}",
+        )
+    console.print(table)
+
+
+def _forward(model: Callable[[torch.Tensor], torch.Tensor], faces: torch.Tensor) -> None:
+    """One forward pass, GPU work included (CUDA runs asynchronously)."""
+    model(faces)
+    if faces.is_cuda:
+        torch.cuda.synchronize(faces.device)
+
+
 def _ints(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]

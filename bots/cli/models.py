@@ -44,7 +44,9 @@ def import_(
         str | None, typer.Option("--sha256", help="Refuse the file unless its SHA-256 matches.")
     ] = None,
 ) -> None:
-    """Convert a rosinality .pt, NVlabs .pkl, TensorFlow .pkl or canonical file to NAME."""
+    """Convert a rosinality .pt, NVlabs .pkl, TensorFlow .pkl, canonical or pSp/e4e file to NAME.
+
+    A pSp/e4e checkpoint becomes the encoder NAME and its generator NAME-decoder."""
     store = _store(ctx)
     columns = (
         TextColumn("{task.description}"),
@@ -63,11 +65,18 @@ def import_(
             result = store.import_checkpoint(source, name, sha256=sha256, progress=progress)
     except ERRORS as exc:
         fail(str(exc))
-    arch = result.info.architecture
-    console.print(
-        f"[green]imported[/green] {name}: {arch.resolution} px {result.format} checkpoint "
-        f"-> {result.info.path} (sha256 {result.sha256})"
-    )
+    if result.encoder is not None:
+        arch = result.encoder.arch
+        console.print(
+            f"[green]imported[/green] {name}: {arch.kind} encoder ({arch.n_styles} codes) "
+            f"-> {result.encoder.path} (sha256 {result.sha256})"
+        )
+    if result.info is not None:
+        label = f"{name}-decoder" if result.encoder is not None else name
+        console.print(
+            f"[green]imported[/green] {label}: {result.info.architecture.resolution} px "
+            f"{result.format} checkpoint -> {result.info.path} (sha256 {result.sha256})"
+        )
 
 
 @app.command("blend")
@@ -108,6 +117,11 @@ def list_(ctx: typer.Context) -> None:
         return
     table = Table("Name", "Resolution", "Size", "Source", title=str(store.directory))
     for entry in entries:
+        if entry.encoder is not None:
+            size = f"{entry.encoder.size_bytes / 1e6:.1f} MB"
+            what = f"{entry.encoder.arch.kind} encoder"
+            table.add_row(entry.name, what, size, entry.encoder.source)
+            continue
         if entry.info is None:
             table.add_row(entry.name, "-", "-", f"[red]{entry.error}[/red]")
             continue

@@ -26,7 +26,10 @@ def photo(
         int | None, typer.Option(help="Swap resolution among the style's strengths.")
     ] = None,
     steps: Annotated[
-        int | None, typer.Option(min=1, help="Inversion steps (default: invert.steps).")
+        int | None,
+        typer.Option(
+            min=1, help="Optimisation steps (default: invert.steps or invert.refine_steps)."
+        ),
     ] = None,
     side_by_side: Annotated[
         bool, typer.Option("--side-by-side", help="The original beside the toon.")
@@ -78,7 +81,9 @@ def photo(
 
 
 def _with_steps(config: Settings, steps: int) -> Settings:
-    return config.model_copy(update={"invert": config.invert.model_copy(update={"steps": steps})})
+    """The same config with `steps` optimisation steps, from w_avg or from the encoder."""
+    invert = config.invert.model_copy(update={"steps": steps, "refine_steps": steps})
+    return config.model_copy(update={"invert": invert})
 
 
 def _run(
@@ -133,7 +138,7 @@ def format_timings(timings: dict[str, float], steps: int) -> str:
     parts = []
     for stage, seconds in timings.items():
         text = f"{stage} {seconds:.2f} s"
-        if stage == "invert":
+        if stage == "invert" and steps:
             text += f" ({steps} steps, {seconds / steps * 1000:.0f} ms/step)"
         parts.append(text)
     return " · ".join(parts)
