@@ -201,15 +201,20 @@ class Toonifier:
     def from_config(cls, config: ToonifierConfig) -> Toonifier:
         """Load the FFHQ generator and every style, and blend every strength, once."""
         device = resolve_device(config.models.device)
-        dtype = getattr(torch, config.models.dtype)
-        store = ModelStore(config.models.dir)
-        face = store.load(config.models.face, device)
         method = config.invert.method
         steps = {
             "optimize": config.invert.steps,
             "encoder": 0,
             "encoder+optimize": config.invert.refine_steps,
         }[method]
+        # Before any generator loads, so a missing vgg16.pt fails fast; the encoder alone
+        # never measures a distance, so it needs no perceptual network.
+        make_distance = (
+            distance_factory(config.invert, config.models, device) if steps else pixel_distance
+        )
+        dtype = getattr(torch, config.models.dtype)
+        store = ModelStore(config.models.dir)
+        face = store.load(config.models.face, device)
         encoder = None
         if method != "optimize":
             encoder = load_encoder(store.path(config.invert.encoder), device)
@@ -241,10 +246,7 @@ class Toonifier:
             detector=make_detector(config.faces, str(device)),
             limits=config.limits,
             steps=steps,
-            # The encoder alone never measures a distance: no perceptual network to load.
-            make_distance=(
-                distance_factory(config.invert, config.models, device) if steps else pixel_distance
-            ),
+            make_distance=make_distance,
             encoder=encoder,
             style_encoders=style_encoders,
         )

@@ -17,8 +17,10 @@ from bots.cli import app
 from bots.config import Settings
 from inference.align import AlignedFace
 from inference.images import decode_image, encode_jpeg
+from inference.invert import PerceptualModelMissingError
 from inference.pipeline import Cancelled, NoFace, Toonifier
 from inference.settings import LimitsSettings
+from tests.test_invert import FakeVgg16
 from tests.tiny_toonify import write_tiny_models
 
 STEPS = 6
@@ -216,3 +218,16 @@ def test_bench_pipeline_times_every_stage_for_one_and_four_faces(
     assert len(rows) == 2
     assert [row.split("│")[2].strip() for row in rows] == ["1", "4"]
     assert all(row.count(" ms") == 7 for row in rows), rows
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_perceptual_loss_needs_vgg16_in_the_models_dir(
+    tmp_path: Path, config: dict[str, Any], astronaut: bytes
+) -> None:
+    perceptual = {**config, "invert": {"loss": "perceptual", "steps": 2}}
+    perceptual["models"] = {**config["models"], "perceptual": str(tmp_path / "vgg16.pt")}
+    with pytest.raises(PerceptualModelMissingError, match="fetch-vgg16"):
+        Toonifier.from_config(Settings(**perceptual))
+    torch.jit.save(torch.jit.script(FakeVgg16()), str(tmp_path / "vgg16.pt"))
+    result = Toonifier.from_config(Settings(**perceptual)).toonify(astronaut)
+    assert result.photo.size == (512, 512)
