@@ -18,14 +18,16 @@ import torch
 from PIL import Image
 
 from inference.align import AlignedFace, align_face, paste_back
-from inference.blend import blend
+from inference.blend import BlendError, blend
+from inference.checkpoints import CheckpointError
 from inference.encoder_checkpoints import load_encoder, load_psp_style
 from inference.encoders import FaceEncoder
-from inference.faces import FaceDetector, make_detector
+from inference.faces import FaceBackendError, FaceDetector, make_detector
 from inference.images import decode_image
 from inference.invert import (
     Cancelled,
     Distance,
+    PerceptualModelMissingError,
     ProgressFn,
     StopFn,
     invert,
@@ -34,7 +36,7 @@ from inference.invert import (
     pixel_distance,
     w_stats,
 )
-from inference.model_store import ModelStore
+from inference.model_store import ModelStore, ModelStoreError
 from inference.settings import (
     FacesSettings,
     InvertSettings,
@@ -55,6 +57,17 @@ __all__ = [
     "StyleInfo",
     "Toonifier",
 ]
+
+
+# What loading the configured models can fail with; each message tells the operator the fix.
+MODEL_LOAD_ERRORS = (
+    PerceptualModelMissingError,
+    ModelStoreError,
+    CheckpointError,
+    BlendError,
+    FaceBackendError,
+    ValueError,
+)
 
 
 class NoFace(Exception):

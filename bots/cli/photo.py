@@ -40,11 +40,8 @@ def photo(
 ) -> None:
     """Toonify every face of a photo and write the result (format from OUT's extension)."""
     # torch loads here, not when any other command starts.
-    from inference.checkpoints import CheckpointError
     from inference.images import ImageError
-    from inference.invert import PerceptualModelMissingError
-    from inference.model_store import ModelStoreError
-    from inference.pipeline import NoFace, Toonifier
+    from inference.pipeline import MODEL_LOAD_ERRORS, NoFace, Toonifier
 
     config = settings(ctx)
     if steps is not None:
@@ -56,7 +53,7 @@ def photo(
     with console.status("loading models"):
         try:
             toonifier = Toonifier.from_config(config)
-        except (PerceptualModelMissingError, ModelStoreError, CheckpointError, ValueError) as exc:
+        except MODEL_LOAD_ERRORS as exc:
             fail(str(exc))
     try:
         toonifier.pick(style, strength)
