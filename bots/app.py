@@ -84,7 +84,11 @@ class App:
     async def stop(self) -> None:
         """Stop accepting, finish the running job, leave the queued ones for the next start."""
         if self._purge is not None:
+            # Wait for the cancellation: a purge cut off mid-query must let go of its
+            # connection before the store closes, or the loop never finishes closing.
             self._purge.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purge
         left = await self.worker.stop()
         if left:
             log.info("%d queued job(s) kept for the next start", len(left))
