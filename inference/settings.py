@@ -62,3 +62,4 @@ class WorkerSettings(Section):
     job_timeout: float = Field(300.0, gt=0)
     cache_size: PositiveInt = 256
     cache_ttl: float = Field(3600.0, gt=0)
+    progress_interval: float = Field(3.0, gt=0)

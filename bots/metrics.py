@@ -1,0 +1,55 @@
+"""Prometheus metrics of the request flow, on a registry of their own (one per application)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._jobs = Counter(
+            "toonify_jobs", "Jobs finished, by outcome.", ["outcome"], registry=self.registry
+        )
+        self._refusals = Counter(
+            "toonify_refusals", "Requests refused, by reason.", ["reason"], registry=self.registry
+        )
+        self._accepted = Counter("toonify_accepted", "Jobs accepted.", registry=self.registry)
+        self._rerenders = Counter("toonify_rerenders", "Re-renders.", registry=self.registry)
+        self._stages = Histogram(
+            "toonify_stage_seconds",
+            "Seconds per pipeline stage.",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self._queue = Gauge(
+            "toonify_queue_depth", "Jobs queued or running.", registry=self.registry
+        )
+        gpu = Gauge("toonify_gpu_memory_bytes", "CUDA memory allocated.", registry=self.registry)
+        gpu.set_function(lambda: torch.cuda.memory_allocated() if torch.cuda.is_available() else 0)
+
+    def watch_queue(self, depth: Callable[[], int]) -> None:
+        self._queue.set_function(depth)
+
+    def accepted(self) -> None:
+        self._accepted.inc()
+
+    def refused(self, reason: str) -> None:
+        self._refusals.labels(reason).inc()
+
+    def rerendered(self) -> None:
+        self._rerenders.inc()
+
+    def finished(self, outcome: str, timings: Mapping[str, float]) -> None:
+        self._jobs.labels(outcome).inc()
+        for stage, seconds in timings.items():
+            self._stages.labels(stage).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

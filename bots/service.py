@@ -1,0 +1,487 @@
+"""The platform-neutral request flow that both chat adapters share.
+
+admit (size, type, ban, cooldown, in flight, quota) -> persist the job -> queue it on the
+worker -> relay throttled progress -> deliver the toon -> refund when the failure is ours.
+Adapters turn updates into `Requester`/`Upload` and implement `Reply`; everything they show
+comes from `Refused.text`, `Ticket.text` and `Toon.caption`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from cachetools import TTLCache
+from PIL import Image
+
+from bots import texts
+from bots.config import Settings
+from bots.metrics import Metrics
+from inference.images import ImageError
+from inference.pipeline import NoFaceError, Result, StyleInfo
+from inference.worker import JobCancelled, JobTimeout, QueueFull, ShuttingDown, Worker
+from storage import Store
+from storage.quota import Refusal
+
+log = logging.getLogger(__name__)
+
+IMAGE_TYPES = ("image/",)
+JPEG_QUALITY = 92
+
+
+class RefusalKind(StrEnum):
+    NOT_IMAGE = "not_image"
+    TOO_LARGE = "too_large"
+    NO_FACE = "no_face"
+    QUOTA = "quota"
+    COOLDOWN = "cooldown"
+    BANNED = "banned"
+    IN_FLIGHT = "in_flight"
+    QUEUE_FULL = "queue_full"
+    EXPIRED = "expired"
+    RATE_LIMITED = "rate_limited"
+    NOT_YOURS = "not_yours"
+    NOT_ADMIN = "not_admin"
+    BAD_INPUT = "bad_input"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    RESEND = "resend"
+    INTERNAL = "internal"
+
+
+class Refused(Exception):
+    """A request the bot will not (or could not) serve; `text` is ready to show the user."""
+
+    def __init__(self, kind: RefusalKind, text: str, error_id: str | None = None) -> None:
+        super().__init__(text)
+        self.kind = kind
+        self.text = text
+        self.error_id = error_id
+
+
+@dataclass(frozen=True)
+class Requester:
+    platform: str
+    user_id: str
+    name: str
+    group_id: str | None = None
+    is_admin: bool = False
+
+
+@dataclass(frozen=True)
+class Upload:
+    size: int | None
+    content_type: str | None
+    filename: str | None = None
+
+
+@dataclass(frozen=True)
+class Ticket:
+    job_id: str
+    position: int
+    eta_s: float
+    text: str
+
+
+@dataclass
+class Toon:
+    result_id: str
+    image: bytes
+    filename: str
+    caption: str
+    style: str
+    strength: int
+    styles: list[tuple[str, str]]
+    can_less: bool
+    can_more: bool
+    faces_only: bool
+
+
+class Reply(Protocol):
+    async def progress(self, text: str) -> None: ...
+
+    async def deliver(self, toon: Toon) -> None: ...
+
+    async def fail(self, error: Refused) -> None: ...
+
+
+class Resumer(Protocol):
+    async def refetch(self, ref: dict[str, Any]) -> bytes | None: ...
+
+    def reply_for(self, ref: dict[str, Any]) -> Reply: ...
+
+
+@dataclass
+class _Cached:
+    """What a re-render needs: kept in memory only, for `worker.cache_ttl` seconds."""
+
+    owner: tuple[str, str]
+    prepared: Any
+    result: Result
+    faces_only: bool
+
+
+@dataclass
+class _Progress:
+    """Throttles progress edits to one every `interval` seconds, never two at once."""
+
+    reply: Reply
+    interval: float
+    last: float = 0.0
+    sending: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def update(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval or (self.sending and not self.sending.done()):
+            return
+        self.last = now
+        self.sending = asyncio.create_task(self._send(text))
+
+    async def _send(self, text: str) -> None:
+        try:
+            await self.reply.progress(text)
+        except Exception:
+            log.warning("progress update failed", exc_info=True)
+
+
+class ToonService:
+    """Admission, jobs, delivery and re-renders on top of storage and the single worker."""
+
+    def __init__(
+        self,
+        config: Settings,
+        store: Store,
+        worker: Worker,
+        styles: dict[str, StyleInfo],
+        default_style: str,
+        render: Callable[[Any, Any, str, int], Result],
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._worker = worker
+        self._styles = styles
+        self._default_style = default_style
+        self._render = render
+        self._metrics = metrics or Metrics()
+        self._cache: TTLCache[str, _Cached] = TTLCache(
+            config.worker.cache_size, config.worker.cache_ttl
+        )
+        self._resumers: dict[str, Resumer] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._seconds_per_job = 30.0
+        self._progress_interval = config.worker.progress_interval
+
+    # -- admission ---------------------------------------------------------------------------
+
+    async def precheck(self, who: Requester, upload: Upload) -> None:
+        """Refuse what can be judged before downloading: type, size, a ban."""
+        if upload.content_type and not upload.content_type.startswith(IMAGE_TYPES):
+            raise Refused(RefusalKind.NOT_IMAGE, texts.NOT_IMAGE)
+        if upload.size is not None and upload.size > self._config.limits.max_bytes:
+            raise Refused(RefusalKind.TOO_LARGE, texts.too_large(self._config.limits.max_bytes))
+        if await self._store.is_banned(who.platform, who.user_id):
+            raise Refused(RefusalKind.BANNED, texts.BANNED)
+
+    async def submit(
+        self,
+        who: Requester,
+        image: bytes,
+        reply: Reply,
+        *,
+        ref: dict[str, Any],
+        style: str | None = None,
+        strength: int | None = None,
+        faces_only: bool = False,
+    ) -> Ticket:
+        await self.precheck(who, Upload(len(image), None))
+        style = self._check_style(style)
+        if self._worker.full:
+            self._metrics.refused("queue_full")
+            raise Refused(RefusalKind.QUEUE_FULL, texts.QUEUE_FULL)
+        decision = await self._store.consume(
+            who.platform, who.user_id, name=who.name, group_id=who.group_id
+        )
+        if not decision.allowed:
+            raise self._refusal(decision)
+        job_id = await self._store.create_job(
+            who.platform,
+            who.user_id,
+            ref=ref,
+            style=style,
+            strength=strength,
+            faces_only=faces_only,
+        )
+        try:
+            prepared = await self._worker.prepare(image)
+            ticket = self._enqueue(job_id, who, prepared, reply, style, strength, faces_only)
+        except Exception as exc:
+            error = self._explain(exc, job_id)
+            await self._store.mark_failed(job_id, error.kind.value, refund=True)
+            self._metrics.refused(error.kind.value)
+            raise error from None
+        self._metrics.accepted()
+        return ticket
+
+    def _check_style(self, style: str | None) -> str:
+        if style is None:
+            return self._default_style
+        if style not in self._styles:
+            raise Refused(RefusalKind.BAD_INPUT, f"Unknown style {style!r}.")
+        return style
+
+    def _refusal(self, decision: Any) -> Refused:
+        reason = decision.reason
+        self._metrics.refused(str(reason))
+        if reason == Refusal.BANNED:
+            return Refused(RefusalKind.BANNED, texts.BANNED)
+        if reason == Refusal.COOLDOWN:
+            return Refused(RefusalKind.COOLDOWN, texts.cooldown(decision.retry_after))
+        if reason == Refusal.IN_FLIGHT:
+            return Refused(RefusalKind.IN_FLIGHT, texts.IN_FLIGHT)
+        return Refused(RefusalKind.QUOTA, texts.quota_used_up(decision.resets_in))
+
+    def _enqueue(
+        self,
+        job_id: str,
+        who: Requester,
+        prepared: Any,
+        reply: Reply,
+        style: str,
+        strength: int | None,
+        faces_only: bool,
+    ) -> Ticket:
+        progress = _Progress(reply, self._progress_interval)
+        job = self._worker.submit(
+            job_id,
+            prepared,
+            style=style,
+            strength=strength,
+            on_progress=lambda stage, step, total: progress.update(
+                texts.progress(stage, step, total)
+            ),
+        )
+        task = asyncio.create_task(self._complete(job_id, who, job.future, reply, faces_only))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        position = self._worker.position(job_id) or 1
+        eta = position * self._seconds_per_job / max(1, self._config.worker.max_batch)
+        return Ticket(job_id, position, eta, texts.queued(len(prepared.faces), position, eta))
+
+    # -- completion --------------------------------------------------------------------------
+
+    async def _complete(
+        self,
+        job_id: str,
+        who: Requester,
+        future: asyncio.Future[Any],
+        reply: Reply,
+        faces_only: bool,
+    ) -> None:
+        started = time.monotonic()
+        try:
+            prepared, result = await future
+        except ShuttingDown:
+            return  # stays queued in storage; resumed on the next start
+        except Exception as exc:
+            await self._fail(job_id, exc, reply)
+            return
+        self._seconds_per_job = 0.7 * self._seconds_per_job + 0.3 * (time.monotonic() - started)
+        await self._store.mark_done(job_id, timings=result.timings)
+        self._metrics.finished("done", result.timings)
+        self._cache[job_id] = _Cached((who.platform, who.user_id), prepared, result, faces_only)
+        await self._send(reply, await self._toon(job_id, result, faces_only))
+
+    async def _fail(self, job_id: str, exc: BaseException, reply: Reply) -> None:
+        """Nothing is charged for a job that produced no toon, whoever's fault it was."""
+        error = self._explain(exc, job_id)
+        if error.kind == RefusalKind.INTERNAL:
+            log.error("job %s failed", job_id, exc_info=exc)
+        if error.kind == RefusalKind.CANCELLED:
+            await self._store.mark_cancelled(job_id, refund=True)
+        else:
+            await self._store.mark_failed(job_id, error.kind.value, refund=True)
+        self._metrics.finished(error.kind.value, {})
+        try:
+            await reply.fail(error)
+        except Exception:
+            log.warning("could not tell job %s's user about its failure", job_id, exc_info=True)
+
+    @staticmethod
+    def _explain(exc: BaseException, job_id: str) -> Refused:
+        if isinstance(exc, QueueFull):
+            return Refused(RefusalKind.QUEUE_FULL, texts.QUEUE_FULL)
+        if isinstance(exc, ShuttingDown):
+            return Refused(RefusalKind.RESEND, texts.SHUTTING_DOWN)
+        if isinstance(exc, NoFaceError):
+            return Refused(RefusalKind.NO_FACE, texts.no_face(exc.skipped))
+        if isinstance(exc, ImageError):
+            return Refused(RefusalKind.NOT_IMAGE, exc.reason)
+        if isinstance(exc, JobCancelled):
+            return Refused(RefusalKind.CANCELLED, texts.CANCELLED)
+        if isinstance(exc, JobTimeout):
+            return Refused(RefusalKind.TIMEOUT, texts.TIMEOUT)
+        return Refused(RefusalKind.INTERNAL, texts.internal_error(job_id), error_id=job_id)
+
+    async def _toon(self, result_id: str, result: Result, faces_only: bool) -> Toon:
+        info = self._styles[result.style]
+        strengths = info.strengths
+        image = await asyncio.to_thread(_encode, result, faces_only)
+        return Toon(
+            result_id=result_id,
+            image=image,
+            filename=f"toon-{result_id}.jpg",
+            caption=texts.caption(info.label, result.strength, len(result.faces), result.skipped),
+            style=result.style,
+            strength=result.strength,
+            styles=[(name, s.label) for name, s in self._styles.items()],
+            can_less=result.strength != strengths[0],
+            can_more=result.strength != strengths[-1],
+            faces_only=faces_only,
+        )
+
+    @staticmethod
+    async def _send(reply: Reply, toon: Toon) -> None:
+        try:
+            await reply.deliver(toon)
+        except Exception:
+            log.exception("delivering toon %s failed", toon.result_id)
+
+    # -- re-renders ----------------------------------------------------------------------------
+
+    async def rerender(self, who: Requester, result_id: str, reply: Reply, *, change: str) -> None:
+        """Render cached latents again with another strength or style; free but rate-limited."""
+        cached = self._cache.get(result_id)
+        if cached is None:
+            raise Refused(RefusalKind.EXPIRED, texts.EXPIRED)
+        if cached.owner != (who.platform, who.user_id):
+            raise Refused(RefusalKind.NOT_YOURS, texts.NOT_YOURS)
+        style, strength, faces_only = self._apply(cached, change)
+        if not await self._store.allow_rerender(who.platform, who.user_id):
+            raise Refused(RefusalKind.RATE_LIMITED, texts.RATE_LIMITED)
+        result = cached.result
+        if (style, strength) != (result.style, result.strength):
+            result = await self._worker.call(
+                self._render, cached.prepared, result.latents, style, strength
+            )
+            self._metrics.rerendered()
+        cached.result, cached.faces_only = result, faces_only
+        self._cache[result_id] = cached
+        await self._send(reply, await self._toon(result_id, result, faces_only))
+
+    def _apply(self, cached: _Cached, change: str) -> tuple[str, int, bool]:
+        style, strength = cached.result.style, cached.result.strength
+        strengths = self._styles[style].strengths
+        if change in ("less", "more"):
+            index = strengths.index(strength) + (1 if change == "more" else -1)
+            strength = strengths[min(max(index, 0), len(strengths) - 1)]
+        elif change.startswith("style:"):
+            style = self._check_style(change.removeprefix("style:"))
+            info = self._styles[style]
+            strength = strength if strength in info.strengths else info.default_strength
+        elif change not in ("faces", "photo"):
+            raise Refused(RefusalKind.BAD_INPUT, f"Unknown change {change!r}.")
+        faces_only = {"faces": True, "photo": False}.get(change, cached.faces_only)
+        return style, strength, faces_only
+
+    # -- the rest of the commands ------------------------------------------------------------
+
+    async def cancel(self, who: Requester, job_id: str) -> bool:
+        job = await self._store.get_job(job_id)
+        if job is None or (job.platform, job.user_id) != (who.platform, who.user_id):
+            return False
+        return self._worker.cancel(job_id)
+
+    async def quota_text(self, who: Requester) -> str:
+        status = await self._store.quota_status(who.platform, who.user_id, group_id=who.group_id)
+        if status.banned:
+            return texts.BANNED
+        return texts.quota_left(status.left, status.resets_in)
+
+    async def forget(self, who: Requester) -> None:
+        await self._store.forget(who.platform, who.user_id)
+        for key, cached in list(self._cache.items()):
+            if cached.owner == (who.platform, who.user_id):
+                self._cache.pop(key, None)
+
+    async def admin(
+        self, who: Requester, action: str, target: str | None = None, value: int | None = None
+    ) -> str:
+        if not who.is_admin:
+            raise Refused(RefusalKind.NOT_ADMIN, texts.NOT_ADMIN)
+        return await self._store.admin_command(
+            actor=f"{who.platform}:{who.user_id}",
+            action=action,
+            target=target,
+            value=value,
+            default_platform=who.platform,
+        )
+
+    # -- restarts ----------------------------------------------------------------------------
+
+    def register(self, platform: str, resumer: Resumer) -> None:
+        self._resumers[platform] = resumer
+
+    async def resume(self) -> int:
+        """Queue again what was accepted before a restart; tell users to resend what is gone."""
+        resumed = 0
+        for job in await self._store.unfinished_jobs():
+            resumer = self._resumers.get(job.platform)
+            if resumer is None:
+                continue
+            reply = resumer.reply_for(job.ref)
+            image = await self._refetch(resumer, job.ref)
+            if image is None:
+                await self._store.mark_failed(
+                    job.id, "photo unavailable after restart", refund=True
+                )
+                await reply.fail(Refused(RefusalKind.RESEND, texts.RESTARTED))
+                continue
+            who = Requester(job.platform, job.user_id, job.user_id)
+            try:
+                prepared = await self._worker.prepare(image)
+                self._enqueue(job.id, who, prepared, reply, job.style, job.strength, job.faces_only)
+            except Exception as exc:
+                error = self._explain(exc, job.id)
+                await self._store.mark_failed(job.id, error.kind.value, refund=True)
+                await reply.fail(error)
+                continue
+            resumed += 1
+        return resumed
+
+    @staticmethod
+    async def _refetch(resumer: Resumer, ref: dict[str, Any]) -> bytes | None:
+        try:
+            return await resumer.refetch(ref)
+        except Exception:
+            log.warning("could not fetch a photo again after restart", exc_info=True)
+            return None
+
+    async def drain(self) -> None:
+        """Wait for the deliveries in progress (shutdown)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _encode(result: Result, faces_only: bool) -> bytes:
+    """JPEG of the pasted-back photo, or of the toon faces side by side."""
+    image = _grid(result.faces) if faces_only else result.photo
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def _grid(faces: list[Image.Image]) -> Image.Image:
+    height = max(face.height for face in faces)
+    grid = Image.new("RGB", (sum(face.width for face in faces), height), "white")
+    x = 0
+    for face in faces:
+        grid.paste(face, (x, 0))
+        x += face.width
+    return grid

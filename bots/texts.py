@@ -1,0 +1,111 @@
+"""Every user-facing message in one place, so tone and wording stay consistent across platforms."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+PRIVACY = (
+    "Privacy: your photo is processed in memory, never stored, and forgotten after "
+    "the re-render window; /forget deletes everything the bot knows about you."
+)
+
+HELP = (
+    "Send me a selfie and I'll send back your cartoon twin. Every face in the photo gets "
+    "toonified; use the buttons under the result for more or less toon, or another style.\n"
+    "/quota shows how many toons you have left today.\n" + PRIVACY
+)
+
+NOT_IMAGE = (
+    "That doesn't look like an image I can read. Please send a JPEG, PNG, WebP or HEIC photo."
+)
+NO_FACE = (
+    "I couldn't find a face in that photo. Try a well-lit photo where the face is "
+    "clearly visible and looks at the camera."
+)
+QUEUE_FULL = "I'm very busy right now. Please try again in a few minutes; nothing was charged."
+BANNED = "You can't use this bot. If you think that's a mistake, contact the bot's admin."
+IN_FLIGHT = "You already have a toon in progress. Please wait until it's done."
+EXPIRED = "That toon is too old to change. Send the photo again to get a new one."
+RATE_LIMITED = "Easy there! Too many re-renders in a minute; try again shortly."
+NOT_ADMIN = "Only the bot's admins can do that."
+NOT_YOURS = "Only the person who asked for this toon can change it."
+CANCELLED = "Cancelled. Nothing was charged."
+TIMEOUT = "That took too long and was stopped. Nothing was charged; please try again."
+RESTARTED = (
+    "The bot restarted while your photo was waiting and can't fetch it again. Please resend it."
+)
+SHUTTING_DOWN = "The bot is restarting. Please send your photo again in a minute."
+FORGOTTEN = "Done: everything the bot knew about you has been deleted."
+FORGET_CONFIRM = "This deletes your usage history and quota settings. Are you sure?"
+
+
+def too_large(limit_bytes: int) -> str:
+    return f"That file is too big. Please send a photo under {limit_bytes // 1_000_000} MB."
+
+
+def cooldown(seconds: float) -> str:
+    return f"One at a time! You can send another photo in {math.ceil(seconds)} s."
+
+
+def internal_error(error_id: str) -> str:
+    return (
+        "Something went wrong on my side, sorry! Your quota was refunded. "
+        f"If it keeps happening, tell the admin this code: {error_id}"
+    )
+
+
+def no_face(skipped: list[str]) -> str:
+    """Name why the faces that were found did not count, when some were found."""
+    if not skipped:
+        return NO_FACE
+    return f"{NO_FACE} ({'; '.join(skipped)})"
+
+
+def duration(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds >= 3600:
+        return f"{round(seconds / 3600)} h"
+    if seconds >= 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds} s"
+
+
+def quota_left(left: int | None, resets_in: timedelta) -> str:
+    if left is None:
+        return "You have unlimited toons."
+    noun = "toon" if left == 1 else "toons"
+    return f"{left} {noun} left today, resets in {duration(resets_in)}."
+
+
+def quota_used_up(resets_in: timedelta) -> str:
+    return f"You've used all your toons for today. They reset in {duration(resets_in)}."
+
+
+def queued(faces: int, position: int, eta_seconds: float) -> str:
+    found = "Found 1 face" if faces == 1 else f"Found {faces} faces"
+    if position <= 1:
+        return f"{found}, toonifying now…"
+    wait = duration(timedelta(seconds=eta_seconds))
+    return f"{found}, you're #{position} in line (about {wait})."
+
+
+def progress(stage: str, step: int, total: int) -> str:
+    if stage == "invert" and total:
+        return f"Finding your face in latent space… {round(100 * step / total)}%"
+    return "Drawing your toon…"
+
+
+def caption(label: str, strength: int, faces: int, skipped: list[str]) -> str:
+    text = f"{label} · strength {strength}"
+    if faces > 1:
+        text += f" · {faces} faces"
+    if skipped:
+        text += f" · skipped: {'; '.join(skipped)}"
+    return text
+
+
+def admin_done(action: str, target: str, value: int | None = None) -> str:
+    if action == "quota":
+        return f"{target}: daily quota set to {value}."
+    return f"{target}: {action} done."
