@@ -109,3 +109,31 @@ def admin_done(action: str, target: str, value: int | None = None) -> str:
     if action == "quota":
         return f"{target}: daily quota set to {value}."
     return f"{target}: {action} done."
+
+
+# ---- chat adapters: buttons, commands and prompts -----------------------------------------
+
+LESS_TOON = "Less toon"
+MORE_TOON = "More toon"
+FACES_ONLY = "Faces only"
+WHOLE_PHOTO = "Whole photo"
+FORGET_YES = "Yes, delete"
+FORGET_NO = "No, keep"
+FORGET_KEPT = "OK, nothing was deleted."
+NOT_YOUR_BUTTON = "Only the person who asked can answer this."
+SEND_A_PHOTO = "Send me a photo with a face in it (as a photo or as an image file)."
+HOW_IN_GROUPS = (
+    "Reply to a photo with /toonify, or send a photo with /toonify (or a mention of me) "
+    "in its caption."
+)
+ADMIN_USAGE = (
+    "Usage: /admin quota <user> <n> · /admin ban <user> · /admin unban <user> · /admin stats"
+)
+
+# Command menu: (command, description), in the order the menu shows them.
+COMMANDS = (
+    ("toonify", "Toonify a photo (reply to it, or put this in its caption)"),
+    ("quota", "How many toons you have left today"),
+    ("forget", "Delete everything the bot knows about you"),
+    ("help", "What this bot does, and its privacy promise"),
+)

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from PIL import Image, UnidentifiedImageError
@@ -198,6 +199,8 @@ class FakeTelegram:
         self.calls: list[Call] = []
         self.commands: list[Json] = []
         self.webhook_url = ""
+        self._webhook_secret: str | None = None
+        self._deliveries: set[asyncio.Task[None]] = set()
         self.files: dict[str, FakeFile] = {}
         self.messages: dict[tuple[int, int], Json] = {}
         self._chats: dict[int, Json] = {}
@@ -247,6 +250,8 @@ class FakeTelegram:
         self.url = f"http://{host}:{port}"
 
     async def stop(self) -> None:
+        for task in list(self._deliveries):
+            task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -389,6 +394,10 @@ class FakeTelegram:
 
     # ---- the record -----------------------------------------------------------------------
 
+    def mark(self) -> int:
+        """A point in the record, for `wait_for(after=...)`."""
+        return len(self.calls)
+
     def calls_of(self, *methods: str) -> list[Call]:
         return [c for c in self.calls if c.method in methods]
 
@@ -397,12 +406,16 @@ class FakeTelegram:
         method: str,
         where: Callable[[Call], bool] | None = None,
         *,
+        after: int = 0,
         within: float = 5.0,
     ) -> Call:
-        """The first successful call of `method` (made already or later) that `where` accepts."""
+        """The first successful call of `method` that `where` accepts, made already or later.
+
+        `after` skips the calls recorded before `mark()` returned it.
+        """
 
         def find() -> Call | None:
-            for call in self.calls:
+            for call in self.calls[after:]:
                 if call.method == method and call.ok and (where is None or where(call)):
                     return call
             return None
@@ -424,9 +437,25 @@ class FakeTelegram:
         self._changed = asyncio.Event()
 
     def _push(self, update: Json) -> None:
+        """Queue an update for getUpdates, or POST it to the webhook when one is set."""
         update["update_id"] = next(self._ids)
+        if self.webhook_url:
+            task = asyncio.create_task(self._post_to_webhook(update))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+            return
         self._updates.append(update)
         self._changed_now()
+
+    async def _post_to_webhook(self, update: Json) -> None:
+        headers = {}
+        if self._webhook_secret:
+            headers["X-Telegram-Bot-Api-Secret-Token"] = self._webhook_secret
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(self.webhook_url, json=update, headers=headers) as response,
+        ):
+            self._record(Call("webhook", update, {}, response.status))
 
     def _record(self, call: Call) -> None:
         self.calls.append(call)
@@ -575,6 +604,7 @@ class FakeTelegram:
 
     async def _set_webhook(self, params: Json, files: dict[str, Upload]) -> bool:
         self.webhook_url = str(params.get("url", ""))
+        self._webhook_secret = params.get("secret_token")
         return True
 
     async def _get_webhook_info(self, params: Json, files: dict[str, Upload]) -> Json:
