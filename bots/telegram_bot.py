@@ -170,9 +170,8 @@ class TelegramBot:
 
     def reply_for(self, ref: dict[str, Any]) -> StatusReply:
         chat_id = int(ref["chat_id"])
-        return StatusReply(
-            self.app.bot, chat_id, int(ref["message_id"]), self._chat_actions(chat_id)
-        )
+        actions = self._chat_actions(chat_id)
+        return StatusReply(self.app.bot, chat_id, int(ref["message_id"]), actions, ticketed=True)
 
     # ---- handlers -------------------------------------------------------------------------
 

@@ -105,14 +105,25 @@ class StatusReply:
     """A new request: a status message (sent on first news, then edited), then the toon.
 
     The toon and any refusal reply to the photo; the status message is deleted once the toon
-    is there, so the chat keeps only the photo and its toon.
+    is there, so the chat keeps only the photo and its toon. Progress waits for the ticket
+    ("Found 2 faces, you're #2 in line") so that it is always the first status shown; a job
+    resumed after a restart has no ticket and is created `ticketed`.
     """
 
-    def __init__(self, bot: Bot, chat_id: int, photo_id: int, actions: ChatActions) -> None:
+    def __init__(
+        self,
+        bot: Bot,
+        chat_id: int,
+        photo_id: int,
+        actions: ChatActions,
+        *,
+        ticketed: bool = False,
+    ) -> None:
         self._bot = bot
         self._chat_id = chat_id
         self._photo_id = photo_id
         self._actions = actions
+        self._ticketed = ticketed
         self._status_id: int | None = None
         self._finished = False
         self._lock = asyncio.Lock()
@@ -124,7 +135,7 @@ class StatusReply:
 
     async def progress(self, text: str) -> None:
         async with self._lock:
-            if self._finished:
+            if self._finished or not self._ticketed:
                 return
             self.working()
             try:
@@ -133,9 +144,10 @@ class StatusReply:
                 log.warning("status update failed: %s", exc)
 
     async def queued(self, text: str) -> None:
-        """The ticket's "#3 in line": shown only when no newer progress got there first."""
+        """The ticket's text, the first status; progress edits it from then on."""
         async with self._lock:
-            if not self._finished and self._status_id is None:
+            self._ticketed = True
+            if not self._finished:
                 await self._show(text)
 
     async def deliver(self, toon: Toon) -> None:
