@@ -57,6 +57,9 @@ ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
 BOOTSTRAP_RETRIES = 5
 ADMIN_ARITY = {"quota": 2, "ban": 1, "unban": 1, "stats": 0}
 MEDIA = filters.PHOTO | filters.Document.ALL
+NOT_IMAGES = (
+    filters.VIDEO | filters.VIDEO_NOTE | filters.Sticker.ALL | filters.AUDIO | filters.VOICE
+)
 
 Context = ContextTypes.DEFAULT_TYPE
 
@@ -186,17 +189,19 @@ class TelegramBot:
         app.add_handler(
             MessageHandler(filters.ChatType.GROUPS & MEDIA & filters.CAPTION, self._on_group_media)
         )
-        app.add_handler(
-            MessageHandler(
-                filters.ChatType.PRIVATE & filters.TEXT & ~filters.COMMAND, self._on_help
-            )
-        )
+        app.add_handler(MessageHandler(filters.ChatType.PRIVATE & NOT_IMAGES, self._on_not_image))
+        chatter = filters.ChatType.PRIVATE & filters.TEXT & ~filters.COMMAND
+        app.add_handler(MessageHandler(chatter, self._on_help))
         app.add_handler(CallbackQueryHandler(self._on_button))
         app.add_error_handler(self._on_error)
 
     async def _on_help(self, update: Update, context: Context) -> None:
         assert update.effective_message is not None
         await update.effective_message.reply_text(texts.HELP)
+
+    async def _on_not_image(self, update: Update, context: Context) -> None:
+        assert update.effective_message is not None
+        await update.effective_message.reply_text(texts.NOT_IMAGE, do_quote=True)
 
     async def _on_quota(self, update: Update, context: Context) -> None:
         message, who = self._asked(update)

@@ -346,9 +346,14 @@ class FakeTelegram:
         photo: FakeFile | None = None,
         document: FakeFile | None = None,
         reply_to: Json | None = None,
+        **fields: Json,
     ) -> Json:
-        """Queue a message update; entities for a leading /command and @mentions are added."""
+        """Queue a message update; entities for a leading /command and @mentions are added.
+
+        `fields` are further Message fields as Telegram sends them (video, sticker, ...).
+        """
         message = self._message(chat, sender)
+        message.update(fields)
         if text is not None:
             message["text"] = text
             if entities := entities_for(text):
