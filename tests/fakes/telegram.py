@@ -3,10 +3,13 @@
 It speaks the wire protocol the library uses (form or multipart POSTs to /bot{token}/{method},
 file downloads from /file/bot{token}/{path}), keeps just enough state to answer like Telegram
 (chats, messages, files, callback queries, commands), records every call, and can be told to
-answer the next call of a method with a flood-control 429 or to drop its connection.
+answer the next call of a method with a flood-control 429 (`fail_next`) or to drop its
+connection (`drop_next`).
 
 Tests push updates with the builders (`user`, `private_chat`, `group_chat`, `add_file`,
-`push_message`, `push_callback`) and wait on the record with `wait_for`.
+`push_message`, `push_callback`): getUpdates long polls hand them out, or, once the bot has set
+a webhook, they are POSTed to it with the secret token. Tests then wait on the record with
+`wait_for` (`mark` to skip what came before).
 """
 
 from __future__ import annotations
