@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 
+from PIL import Image
 from telegram import (
     Bot,
     InlineKeyboardButton,
@@ -18,7 +19,7 @@ from telegram import (
     InputMediaPhoto,
     ReplyParameters,
 )
-from telegram.constants import ChatAction, InlineKeyboardButtonLimit
+from telegram.constants import ChatAction, FileSizeLimit, InlineKeyboardButtonLimit
 from telegram.error import BadRequest, TelegramError
 
 from bots import texts
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 # Telegram shows a chat action for 5 s or until the next message; renew it a little sooner.
 CHAT_ACTION_EVERY = 4.0
 SEP = "|"
+# sendPhoto refuses photos over 10 MB or whose width + height exceed 10000 px, and Telegram
+# shows none larger than 2560 px anyway.
+MAX_PHOTO_SIDES = 10_000
+SHOWN_SIDE = 2560
+JPEG_QUALITY = 90
 RERENDER = "r"
 FORGET = "f"
 
@@ -67,6 +73,24 @@ def _fits(data: str) -> bool:
         return True
     log.warning("callback data over Telegram's 64 bytes, button left out: %s", data)
     return False
+
+
+def fit_photo(image: bytes) -> bytes:
+    """The toon as Telegram accepts a photo: scaled to the size it shows when it is too big."""
+    if len(image) <= FileSizeLimit.PHOTOSIZE_UPLOAD:
+        with Image.open(io.BytesIO(image)) as probe:
+            if sum(probe.size) <= MAX_PHOTO_SIDES:
+                return image
+    with Image.open(io.BytesIO(image)) as photo:
+        smaller = photo.convert("RGB")
+    smaller.thumbnail((SHOWN_SIDE, SHOWN_SIDE), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    smaller.save(out, "JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
+
+
+async def _photo(toon: Toon) -> io.BytesIO:
+    return io.BytesIO(await asyncio.to_thread(fit_photo, toon.image))
 
 
 def _not_modified(error: BadRequest) -> bool:
@@ -155,7 +179,7 @@ class StatusReply:
             self._finish()
             await self._bot.send_photo(
                 self._chat_id,
-                io.BytesIO(toon.image),
+                await _photo(toon),
                 filename=toon.filename,
                 caption=toon.caption,
                 reply_markup=toon_keyboard(toon),
@@ -207,11 +231,9 @@ class RerenderReply:
 
     async def deliver(self, toon: Toon) -> None:
         self._actions.stop()
-        media = InputMediaPhoto(
-            io.BytesIO(toon.image), caption=toon.caption, filename=toon.filename
-        )
+        photo = await _photo(toon)
         await self._bot.edit_message_media(
-            media,
+            InputMediaPhoto(photo, caption=toon.caption, filename=toon.filename),
             chat_id=self._chat_id,
             message_id=self._toon_id,
             reply_markup=toon_keyboard(toon),

@@ -37,6 +37,8 @@ BOT_USERNAME = "toonify_test_bot"
 TOKEN = f"{BOT_ID}:FAKE-token-for-tests-only-0123456789"
 THUMB_SIDE = 90
 MAX_BODY = 64 * 1024 * 1024
+MAX_PHOTO_BYTES = 10_000_000
+MAX_PHOTO_SIDES = 10_000
 TELEGRAM_CALLBACK_TIMEOUT = 15.0
 
 
@@ -590,6 +592,14 @@ class FakeTelegram:
             raise ApiError(400, f"Bad Request: there is no {key} in the request")
         return self.add_file(upload.data, mime_type=upload.content_type, file_name=upload.filename)
 
+    def _check_photo(self, photo: FakeFile) -> FakeFile:
+        """Telegram's limits on an uploaded photo."""
+        if photo.file_size > MAX_PHOTO_BYTES:
+            raise ApiError(400, "Bad Request: PHOTO_SAVE_FILE_INVALID")
+        if sum(_image_size(photo.data)) > MAX_PHOTO_SIDES:
+            raise ApiError(400, "Bad Request: PHOTO_INVALID_DIMENSIONS")
+        return photo
+
     def _caption(self, params: Json) -> Json:
         return {"caption": params["caption"]} if "caption" in params else {}
 
@@ -650,7 +660,7 @@ class FakeTelegram:
         return self._bot_message(params, text=text)
 
     async def _send_photo(self, params: Json, files: dict[str, Upload]) -> Json:
-        photo = self._input_file(params, files, "photo")
+        photo = self._check_photo(self._input_file(params, files, "photo"))
         return self._bot_message(params, photo=self.photo_sizes(photo), **self._caption(params))
 
     async def _send_document(self, params: Json, files: dict[str, Upload]) -> Json:
@@ -692,7 +702,7 @@ class FakeTelegram:
         for key in ("photo", "document", "caption"):
             message.pop(key, None)
         if media["type"] == "photo":
-            message["photo"] = self.photo_sizes(fake)
+            message["photo"] = self.photo_sizes(self._check_photo(fake))
         else:
             message["document"] = self._document(fake)
         message.update(self._caption(media))
