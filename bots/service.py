@@ -12,7 +12,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -26,8 +26,16 @@ from bots.metrics import Metrics
 from inference.images import ImageError
 from inference.pipeline import NoFaceError, Result, StyleInfo
 from inference.worker import JobCancelled, JobTimeout, QueueFull, ShuttingDown, Worker
-from storage import Store
-from storage.quota import Refusal
+from storage import (
+    AdminInputError,
+    GroupRef,
+    NewJob,
+    Refusal,
+    Store,
+    UserRef,
+    parse_quota,
+)
+from storage import Refused as StoreRefused
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +194,7 @@ class ToonService:
             raise Refused(RefusalKind.NOT_IMAGE, texts.NOT_IMAGE)
         if upload.size is not None and upload.size > self._config.limits.max_bytes:
             raise Refused(RefusalKind.TOO_LARGE, texts.too_large(self._config.limits.max_bytes))
-        if await self._store.is_banned(who.platform, who.user_id):
+        if await self._store.quotas.is_banned(_user(who)):
             raise Refused(RefusalKind.BANNED, texts.BANNED)
 
     async def submit(
@@ -205,25 +213,26 @@ class ToonService:
         if self._worker.full:
             self._metrics.refused("queue_full")
             raise Refused(RefusalKind.QUEUE_FULL, texts.QUEUE_FULL)
-        decision = await self._store.consume(
-            who.platform, who.user_id, name=who.name, group_id=who.group_id
+        decision = await self._store.quotas.consume(
+            NewJob(
+                _user(who),
+                style,
+                strength,
+                chat=ref,
+                options={"faces_only": faces_only},
+                display_name=who.name,
+                group=who.group_id,
+            )
         )
-        if not decision.allowed:
+        if isinstance(decision, StoreRefused):
             raise self._refusal(decision)
-        job_id = await self._store.create_job(
-            who.platform,
-            who.user_id,
-            ref=ref,
-            style=style,
-            strength=strength,
-            faces_only=faces_only,
-        )
+        job_id = decision.job_id
         try:
             prepared = await self._worker.prepare(image)
             ticket = self._enqueue(job_id, who, prepared, reply, style, strength, faces_only)
         except Exception as exc:
             error = self._explain(exc, job_id)
-            await self._store.mark_failed(job_id, error.kind.value, refund=True)
+            await self._store.jobs.mark_failed(job_id, error.kind.value, refund=True)
             self._metrics.refused(error.kind.value)
             raise error from None
         self._metrics.accepted()
@@ -236,16 +245,19 @@ class ToonService:
             raise Refused(RefusalKind.BAD_INPUT, f"Unknown style {style!r}.")
         return style
 
-    def _refusal(self, decision: Any) -> Refused:
+    def _refusal(self, decision: StoreRefused) -> Refused:
         reason = decision.reason
-        self._metrics.refused(str(reason))
+        self._metrics.refused(reason.value)
+        wait = decision.retry_after.total_seconds() if decision.retry_after else 0.0
         if reason == Refusal.BANNED:
             return Refused(RefusalKind.BANNED, texts.BANNED)
         if reason == Refusal.COOLDOWN:
-            return Refused(RefusalKind.COOLDOWN, texts.cooldown(decision.retry_after))
+            return Refused(RefusalKind.COOLDOWN, texts.cooldown(wait))
         if reason == Refusal.IN_FLIGHT:
             return Refused(RefusalKind.IN_FLIGHT, texts.IN_FLIGHT)
-        return Refused(RefusalKind.QUOTA, texts.quota_used_up(decision.resets_in))
+        if reason == Refusal.RATE:
+            return Refused(RefusalKind.RATE_LIMITED, texts.RATE_LIMITED)
+        return Refused(RefusalKind.QUOTA, texts.quota_used_up(decision.allowance.resets_in))
 
     def _enqueue(
         self,
@@ -258,18 +270,17 @@ class ToonService:
         faces_only: bool,
     ) -> Ticket:
         progress = _Progress(reply, self._progress_interval)
+
+        def on_progress(stage: str, step: int, total: int) -> None:
+            if stage == "start":
+                self._spawn(self._store.jobs.mark_running(job_id))
+            else:
+                progress.update(texts.progress(stage, step, total))
+
         job = self._worker.submit(
-            job_id,
-            prepared,
-            style=style,
-            strength=strength,
-            on_progress=lambda stage, step, total: progress.update(
-                texts.progress(stage, step, total)
-            ),
+            job_id, prepared, style=style, strength=strength, on_progress=on_progress
         )
-        task = asyncio.create_task(self._complete(job_id, who, job.future, reply, faces_only))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._complete(job_id, who, job.future, reply, faces_only))
         position = self._worker.position(job_id) or 1
         eta = position * self._seconds_per_job / max(1, self._config.worker.max_batch)
         return Ticket(job_id, position, eta, texts.queued(len(prepared.faces), position, eta))
@@ -293,7 +304,7 @@ class ToonService:
             await self._fail(job_id, exc, reply)
             return
         self._seconds_per_job = 0.7 * self._seconds_per_job + 0.3 * (time.monotonic() - started)
-        await self._store.mark_done(job_id, timings=result.timings)
+        await self._store.jobs.mark_done(job_id, timings=result.timings)
         self._metrics.finished("done", result.timings)
         self._cache[job_id] = _Cached((who.platform, who.user_id), prepared, result, faces_only)
         await self._send(reply, await self._toon(job_id, result, faces_only))
@@ -304,9 +315,9 @@ class ToonService:
         if error.kind == RefusalKind.INTERNAL:
             log.error("job %s failed", job_id, exc_info=exc)
         if error.kind == RefusalKind.CANCELLED:
-            await self._store.mark_cancelled(job_id, refund=True)
+            await self._store.jobs.mark_cancelled(job_id, refund=True)
         else:
-            await self._store.mark_failed(job_id, error.kind.value, refund=True)
+            await self._store.jobs.mark_failed(job_id, error.kind.value, refund=True)
         self._metrics.finished(error.kind.value, {})
         try:
             await reply.fail(error)
@@ -363,8 +374,9 @@ class ToonService:
         if cached.owner != (who.platform, who.user_id):
             raise Refused(RefusalKind.NOT_YOURS, texts.NOT_YOURS)
         style, strength, faces_only = self._apply(cached, change)
-        if not await self._store.allow_rerender(who.platform, who.user_id):
-            raise Refused(RefusalKind.RATE_LIMITED, texts.RATE_LIMITED)
+        refused = await self._store.quotas.rerender(_user(who))
+        if refused is not None:
+            raise self._refusal(refused)
         result = cached.result
         if (style, strength) != (result.style, result.strength):
             result = await self._worker.call(
@@ -393,35 +405,64 @@ class ToonService:
     # -- the rest of the commands ------------------------------------------------------------
 
     async def cancel(self, who: Requester, job_id: str) -> bool:
-        job = await self._store.get_job(job_id)
-        if job is None or (job.platform, job.user_id) != (who.platform, who.user_id):
+        job = await self._store.jobs.get(job_id)
+        if job is None or job.user != _user(who):
             return False
         return self._worker.cancel(job_id)
 
     async def quota_text(self, who: Requester) -> str:
-        status = await self._store.quota_status(who.platform, who.user_id, group_id=who.group_id)
-        if status.banned:
+        if await self._store.quotas.is_banned(_user(who)):
             return texts.BANNED
-        return texts.quota_left(status.left, status.resets_in)
+        allowance = await self._store.quotas.allowance(_user(who), who.group_id)
+        return texts.quota_left(allowance.remaining, allowance.resets_in)
 
     async def forget(self, who: Requester) -> None:
-        await self._store.forget(who.platform, who.user_id)
+        await self._store.forget(_user(who))
         for key, cached in list(self._cache.items()):
             if cached.owner == (who.platform, who.user_id):
                 self._cache.pop(key, None)
 
     async def admin(
-        self, who: Requester, action: str, target: str | None = None, value: int | None = None
+        self, who: Requester, action: str, target: str | None = None, value: str | None = None
     ) -> str:
+        """quota <user> <n|unlimited|default>, ban <user>, unban <user>, stats.
+
+        `target` is `platform:id`, or a bare id on the admin's own platform.
+        """
         if not who.is_admin:
             raise Refused(RefusalKind.NOT_ADMIN, texts.NOT_ADMIN)
-        return await self._store.admin_command(
-            actor=f"{who.platform}:{who.user_id}",
-            action=action,
-            target=target,
-            value=value,
-            default_platform=who.platform,
-        )
+        actor = f"{who.platform}:{who.user_id}"
+        try:
+            if action == "stats":
+                return texts.stats(await self._store.admin.stats())
+            if target is None:
+                raise Refused(RefusalKind.BAD_INPUT, texts.ADMIN_USAGE)
+            user = _target(target, who.platform)
+            if action == "quota" and value is not None:
+                status = await self._store.admin.set_quota(user, parse_quota(value), actor=actor)
+            elif action == "ban":
+                status = await self._store.admin.ban(user, actor=actor)
+            elif action == "unban":
+                status = await self._store.admin.unban(user, actor=actor)
+            else:
+                raise Refused(RefusalKind.BAD_INPUT, texts.ADMIN_USAGE)
+        except AdminInputError as exc:
+            raise Refused(RefusalKind.BAD_INPUT, str(exc)) from None
+        return texts.admin_status(status)
+
+    async def set_group_quota(self, who: Requester, group_id: str, value: str) -> str:
+        """A server's managers set their server's default daily quota (Discord)."""
+        try:
+            daily = parse_quota(value)
+            if daily == "unlimited":
+                raise Refused(RefusalKind.BAD_INPUT, texts.ADMIN_USAGE)
+            group = GroupRef(who.platform, group_id)
+            await self._store.admin.set_group_quota(
+                group, daily, actor=f"{who.platform}:{who.user_id}"
+            )
+        except AdminInputError as exc:
+            raise Refused(RefusalKind.BAD_INPUT, str(exc)) from None
+        return texts.group_quota_set(daily)
 
     # -- restarts ----------------------------------------------------------------------------
 
@@ -431,25 +472,25 @@ class ToonService:
     async def resume(self) -> int:
         """Queue again what was accepted before a restart; tell users to resend what is gone."""
         resumed = 0
-        for job in await self._store.unfinished_jobs():
+        for job in await self._store.jobs.unfinished_jobs():
             resumer = self._resumers.get(job.platform)
             if resumer is None:
+                await self._store.jobs.mark_failed(job.id, "platform disabled", refund=True)
                 continue
-            reply = resumer.reply_for(job.ref)
-            image = await self._refetch(resumer, job.ref)
+            reply = resumer.reply_for(job.chat)
+            image = await self._refetch(resumer, job.chat)
             if image is None:
-                await self._store.mark_failed(
-                    job.id, "photo unavailable after restart", refund=True
-                )
+                await self._store.jobs.mark_failed(job.id, RefusalKind.RESEND.value, refund=True)
                 await reply.fail(Refused(RefusalKind.RESEND, texts.RESTARTED))
                 continue
-            who = Requester(job.platform, job.user_id, job.user_id)
+            who = Requester(job.platform, job.user.id, job.user.id)
+            faces_only = bool(job.options.get("faces_only", False))
             try:
                 prepared = await self._worker.prepare(image)
-                self._enqueue(job.id, who, prepared, reply, job.style, job.strength, job.faces_only)
+                self._enqueue(job.id, who, prepared, reply, job.style, job.strength, faces_only)
             except Exception as exc:
                 error = self._explain(exc, job.id)
-                await self._store.mark_failed(job.id, error.kind.value, refund=True)
+                await self._store.jobs.mark_failed(job.id, error.kind.value, refund=True)
                 await reply.fail(error)
                 continue
             resumed += 1
@@ -463,10 +504,26 @@ class ToonService:
             log.warning("could not fetch a photo again after restart", exc_info=True)
             return None
 
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in the background, keeping a reference so shutdown can wait for it."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def drain(self) -> None:
         """Wait for the deliveries in progress (shutdown)."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _user(who: Requester) -> UserRef:
+    return UserRef(who.platform, who.user_id)
+
+
+def _target(text: str, platform: str) -> UserRef:
+    """Admins type `telegram:123` or, for their own platform, just `123` (or `@`-less ids)."""
+    text = text.strip()
+    return UserRef.parse(text) if ":" in text else UserRef(platform, text)
 
 
 def _encode(result: Result, faces_only: bool) -> bytes:

@@ -218,10 +218,10 @@ class TelegramBot:
         await message.reply_text(texts.FORGET_CONFIRM, reply_markup=InlineKeyboardMarkup([buttons]))
 
     async def _on_admin(self, update: Update, context: Context) -> None:
-        """`/admin quota <user> <n>`, `/admin ban|unban <user>`, `/admin stats`.
+        """`/admin quota <user> <n|unlimited|default>`, `/admin ban|unban <user>`, `/admin stats`.
 
         <user> is a Telegram user id, "discord:<id>" for the other platform, or left out when
-        the command replies to that user's message.
+        the command replies to that user's message. The service judges the values.
         """
         message, who = self._asked(update)
         if not who.is_admin:
@@ -237,12 +237,7 @@ class TelegramBot:
             await message.reply_text(texts.ADMIN_USAGE)
             return
         target = args[0] if args else None
-        value = None
-        if action == "quota":
-            if not args[1].isdigit():
-                await message.reply_text(texts.ADMIN_USAGE)
-                return
-            value = int(args[1])
+        value = args[1] if len(args) > 1 else None
         try:
             answer = await self._service.admin(who, action, target, value)
         except Refused as refused:

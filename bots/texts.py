@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
+from storage import QuotaStatus, UsageStats
+
 PRIVACY = (
     "Privacy: your photo is processed in memory, never stored, and forgotten after "
     "the re-render window; /forget deletes everything the bot knows about you."
@@ -105,10 +107,40 @@ def caption(label: str, strength: int, faces: int, skipped: list[str]) -> str:
     return text
 
 
-def admin_done(action: str, target: str, value: int | None = None) -> str:
-    if action == "quota":
-        return f"{target}: daily quota set to {value}."
-    return f"{target}: {action} done."
+ADMIN_USAGE = (
+    "Usage: quota <user> <n|unlimited|default>, ban <user>, unban <user>, stats. "
+    "A user is their id on this platform, or platform:id."
+)
+
+
+def admin_status(status: QuotaStatus) -> str:
+    """One user's state after an admin change."""
+    allowance = status.allowance
+    daily = "unlimited" if allowance.limit is None else str(allowance.limit)
+    state = "banned" if status.banned else "active"
+    name = f" ({status.display_name})" if status.display_name else ""
+    return (
+        f"{status.user}{name}: {state}, daily quota {daily} ({status.source}), "
+        f"used {allowance.used} today."
+    )
+
+
+def group_quota_set(daily: int | str) -> str:
+    if daily == "default":
+        return "This server's members now get the bot's default daily quota."
+    return f"This server's members now get {daily} toons a day."
+
+
+def stats(usage: UsageStats) -> str:
+    lines = [
+        f"Today: {usage.today.toons} toons by {usage.today.users} users, "
+        f"{usage.today.failed} failed, {usage.today.rerenders} re-renders.",
+        f"7 days: {usage.last_7_days.toons} toons by {usage.last_7_days.users} users.",
+    ]
+    if usage.top_users:
+        top = ", ".join(f"{u.display_name or u.user} ({u.toons})" for u in usage.top_users[:5])
+        lines.append(f"Top users: {top}.")
+    return "\n".join(lines)
 
 
 # ---- chat adapters: buttons, commands and prompts -----------------------------------------
@@ -125,9 +157,6 @@ SEND_A_PHOTO = "Send me a photo with a face in it (as a photo or as an image fil
 HOW_IN_GROUPS = (
     "Reply to a photo with /toonify, or send a photo with /toonify (or a mention of me) "
     "in its caption."
-)
-ADMIN_USAGE = (
-    "Usage: /admin quota <user> <n> · /admin ban <user> · /admin unban <user> · /admin stats"
 )
 
 # Command menu: (command, description), in the order the menu shows them.

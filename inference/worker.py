@@ -212,6 +212,7 @@ class Worker:
         start = time.monotonic()
         for job in batch:
             job.deadline = start + self._job_timeout
+            job.on_progress("start", 0, len(batch))
         try:
             outcomes = await self.call(self._process, batch)
         except BaseException as exc:  # a bug in the worker itself: fail the batch, keep going

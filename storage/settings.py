@@ -5,6 +5,8 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo, available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 
 class StorageSettings(BaseModel):
@@ -12,6 +14,27 @@ class StorageSettings(BaseModel):
 
     url: str = "sqlite+aiosqlite:///data/toonify.db"
     retention_days: PositiveInt = 30
+
+    @field_validator("url")
+    @classmethod
+    def _async_url(cls, value: str) -> str:
+        # Messages never repeat the URL: it may carry a password.
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(
+                "not a database URL (e.g. sqlite+aiosqlite:///data/toonify.db)"
+            ) from None
+        try:
+            dialect = url.get_dialect()
+        except NoSuchModuleError:
+            raise ValueError(f"unknown database driver {url.drivername!r}") from None
+        if not dialect.is_async:
+            raise ValueError(
+                f"{url.drivername!r} is not an asyncio driver: use sqlite+aiosqlite:// "
+                "or postgresql+asyncpg://"
+            )
+        return value
 
 
 class QuotaSettings(BaseModel):

@@ -181,6 +181,7 @@ async def test_progress_events_arrive_on_the_event_loop_thread() -> None:
     await job.future
     await asyncio.sleep(0)
     assert [event[:3] for event in seen] == [
+        ("start", 0, 1),
         ("invert", 1, 3),
         ("invert", 2, 3),
         ("invert", 3, 3),

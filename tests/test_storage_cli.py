@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bots.cli import app
+from storage import NewJob, Store, UserRef
+from storage.settings import QuotaSettings
+
+ALICE = UserRef("telegram", "12345")
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    """A config whose database already knows Alice (one toon used)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'toonify.db'}"
+    path = tmp_path / "config.toml"
+    path.write_text(f'[storage]\nurl = "{url}"\n[quota]\ndaily = 4\n')
+
+    async def seed() -> None:
+        async with await Store.open(url, QuotaSettings(daily=4)) as storage:
+            await storage.quotas.consume(NewJob(ALICE, "toon", 32, display_name="Alice"))
+
+    asyncio.run(seed())
+    return path
+
+
+def quota(config: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["--config", str(config), "quota", *args])
+    return result.exit_code, result.output
+
+
+def test_show_set_ban_and_log(config: Path) -> None:
+    code, out = quota(config, "show", "telegram:12345")
+    assert code == 0, out
+    assert "Alice" in out
+    assert "3 toons left today" in out
+    code, out = quota(config, "set", "telegram:12345", "10")
+    assert code == 0, out
+    assert "10 (user)" in out
+    assert "9 toons left today" in out
+    code, out = quota(config, "ban", "telegram:12345", "--reason", "spam")
+    assert code == 0, out
+    assert "yes: spam" in out
+    code, out = quota(config, "unban", "telegram:12345")
+    assert code == 0, out
+    code, out = quota(config, "reset", "telegram:12345")
+    assert "10 toons left today" in out
+    code, out = quota(config, "log")
+    assert code == 0, out
+    for action in ("set_quota", "ban", "unban", "reset"):
+        assert action in out
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["show", "telegram:999"], "unknown user telegram:999"),
+        (["set", "telegram:12345", "-3"], "invalid daily quota -3"),
+        (["set", "telegram:12345", "many"], "invalid daily quota 'many'"),
+        (["ban", "12345"], "is not platform:id"),
+        (["set", "--group", "discord:1", "unlimited"], ">= 0 or 'default'"),
+    ],
+)
+def test_bad_input_fails_with_one_line(config: Path, args: list[str], reason: str) -> None:
+    code, out = quota(config, *args)
+    assert code == 1
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1, out
+    assert lines[0].startswith("error: ")
+    assert reason in lines[0]
+
+
+def test_group_defaults(config: Path) -> None:
+    code, out = quota(config, "set", "--group", "discord:555", "2")
+    assert code == 0, out
+    assert "group discord:555: daily quota 2" in out
+    code, out = quota(config, "show", "-g", "discord:555")
+    assert "daily quota 2" in out
+    code, out = quota(config, "set", "-g", "discord:555", "default")
+    assert "the configured default (4)" in out
+
+
+def test_stats_lists_top_users(config: Path) -> None:
+    code, out = quota(config, "stats")
+    assert code == 0, out
+    assert "telegram:12345" in out
+    assert "last 7 days" in out
+
+
+def test_unusable_database_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    path = tmp_path / "config.toml"
+    path.write_text(f'[storage]\nurl = "sqlite+aiosqlite:///{blocker}/sub/x.db"\n')
+    code, out = quota(path, "stats")
+    assert code == 1
+    assert out.startswith("error: cannot use the database"), out
+    assert out.count("\n") == 1, out
+
+
+def test_bench_storage_prints_a_table() -> None:
+    result = CliRunner().invoke(app, ["bench", "storage", "--ops", "5", "--runs", "1"])
+    assert result.exit_code == 0, result.output
+    for row in ("consume", "refund", "mark_failed(refund)", "16 users at once"):
+        assert row in result.output

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from storage import Admitted, JobStatus, NewJob, Refusal, Refused
+from tests.storage_support import ALICE, BOB, FakeClock, job, open_storage
+
+
+def job_id(decision: object) -> str:
+    assert isinstance(decision, Admitted), decision
+    return decision.job_id
+
+
+async def test_state_and_jobs_survive_reopening(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with await open_storage(tmp_path, clock) as storage:
+        first = job_id(await storage.quotas.consume(job(name="Alice")))
+        clock.advance(seconds=1)
+        second = job_id(await storage.quotas.consume(job()))
+        clock.advance(seconds=1)
+        third = job_id(await storage.quotas.consume(job(BOB)))
+        clock.advance(seconds=1)
+        fourth = job_id(await storage.quotas.consume(job(BOB, options={"faces_only": True})))
+        clock.advance(seconds=1)
+        await storage.jobs.mark_running(first)
+        await storage.jobs.mark_done(second)
+        await storage.admin.ban(BOB, actor="cli:root", reason="spam")
+    async with await open_storage(tmp_path, clock) as storage:
+        unfinished = await storage.jobs.unfinished_jobs()
+        assert [j.id for j in unfinished] == [first, third, fourth]
+        running = unfinished[0]
+        assert running.status is JobStatus.RUNNING
+        assert running.user == ALICE
+        assert running.platform == "telegram"
+        assert running.chat == {"chat_id": 555, "message_id": 7}
+        assert running.options == {"faces": "all"}
+        assert (running.style, running.strength) == ("toon", 32)
+        assert running.started_at == clock.now
+        assert running.created_at == clock.now - timedelta(seconds=4)
+        assert unfinished[2].options == {"faces_only": True}
+        assert [j.id for j in await storage.jobs.unfinished_jobs("discord")] == [third, fourth]
+        assert (await storage.quotas.allowance(ALICE)).used == 2
+        decision = await storage.quotas.consume(job(BOB))
+        assert isinstance(decision, Refused)
+        assert decision.reason is Refusal.BANNED
+        assert (await storage.admin.show(ALICE)).display_name == "Alice"
+
+
+async def test_transitions_happen_once_and_in_order(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with await open_storage(tmp_path, clock) as storage:
+        ident = job_id(await storage.quotas.consume(job()))
+        clock.advance(seconds=3)
+        assert await storage.jobs.mark_running(ident)
+        assert not await storage.jobs.mark_running(ident)
+        clock.advance(seconds=40)
+        assert await storage.jobs.mark_failed(ident, "no face found" * 100, refund=False)
+        assert not await storage.jobs.mark_done(ident)
+        assert not await storage.jobs.mark_cancelled(ident, refund=True)
+        record = await storage.jobs.get(ident)
+        assert record is not None
+        assert record.status is JobStatus.FAILED
+        assert record.failure is not None
+        assert record.failure.startswith("no face found")
+        assert len(record.failure) == 512
+        assert record.finished_at is not None
+        assert record.started_at is not None
+        assert record.finished_at - record.started_at == timedelta(seconds=40)
+        assert not record.refunded
+        # The late cancel did not refund, and the failure freed the in-flight slot exactly once.
+        status = await storage.admin.show(ALICE)
+        assert (status.allowance.used, status.in_flight) == (1, 0)
+        assert await storage.jobs.get("unknown") is None
+        assert not await storage.jobs.mark_running("unknown")
+
+
+async def test_done_keeps_stage_timings_and_default_strength(tmp_path: Path) -> None:
+    async with await open_storage(tmp_path, FakeClock()) as storage:
+        ident = job_id(await storage.quotas.consume(NewJob(ALICE, style="toon")))
+        assert await storage.jobs.mark_done(ident, timings={"invert": 41.5, "render": 0.8})
+        record = await storage.jobs.get(ident)
+        assert record is not None
+        assert record.strength is None
+        assert record.timings == {"invert": 41.5, "render": 0.8}
+        assert record.status is JobStatus.DONE
+        assert (await storage.admin.show(ALICE)).in_flight == 0
+
+
+async def test_cancelled_queued_job_is_not_resumed(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with await open_storage(tmp_path, clock) as storage:
+        ident = job_id(await storage.quotas.consume(job()))
+        assert await storage.jobs.mark_cancelled(ident, refund=True)
+        assert await storage.jobs.unfinished_jobs() == []
+        record = await storage.jobs.get(ident)
+        assert record is not None
+        assert (record.status, record.refunded) == (JobStatus.CANCELLED, True)
+        assert (await storage.quotas.allowance(ALICE)).used == 0
+
+
+async def test_retention_purges_old_finished_jobs_only(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with await open_storage(tmp_path, clock) as storage:
+        old_done = job_id(await storage.quotas.consume(job()))
+        await storage.jobs.mark_done(old_done)
+        old_stuck = job_id(await storage.quotas.consume(job(BOB)))
+        clock.advance(days=29)
+        recent = job_id(await storage.quotas.consume(job()))
+        await storage.jobs.mark_failed(recent, "timeout", refund=True)
+        clock.advance(days=1, seconds=1)
+        assert await storage.purge_old_jobs(30) == 1
+        assert await storage.jobs.get(old_done) is None
+        assert await storage.jobs.get(old_stuck) is not None
+        assert await storage.jobs.get(recent) is not None
+        assert await storage.purge_old_jobs(30) == 0
