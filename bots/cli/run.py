@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import typer
 
 from bots.cli.common import fail, settings
@@ -28,3 +30,6 @@ def run(ctx: typer.Context) -> None:
         )
     if missing := missing_tokens(config):
         fail(f"an enabled adapter has no token: set {' and '.join(missing)}")
+    from bots.app import serve
+
+    asyncio.run(serve(config))
