@@ -248,7 +248,7 @@ class TelegramBot:
         """`/toonify` as a reply to a photo toonifies that photo."""
         message, _ = self._asked(update)
         photo = message.reply_to_message
-        if media_of(photo) is None or photo is None:
+        if photo is None or media_of(photo) is None:
             private = message.chat.type == ChatType.PRIVATE
             await message.reply_text(texts.SEND_A_PHOTO if private else texts.HOW_IN_GROUPS)
             return
@@ -281,7 +281,8 @@ class TelegramBot:
             return
         await query.answer()
         if answer == "yes":
-            await self._service.forget(self._requester(query.from_user, query.message))
+            chat = query.message.chat if query.message else None
+            await self._service.forget(self._requester(query.from_user, chat))
         await query.edit_message_text(texts.FORGOTTEN if answer == "yes" else texts.FORGET_KEPT)
 
     async def _on_rerender_button(self, query: CallbackQuery, rest: str) -> None:
@@ -292,7 +293,7 @@ class TelegramBot:
             return
         await query.answer()
         result_id, _, change = rest.partition(SEP)
-        who = self._requester(query.from_user, message)
+        who = self._requester(query.from_user, message.chat)
         actions = self._chat_actions(message.chat_id)
         reply = RerenderReply(self.app.bot, message.chat_id, message.message_id, actions)
         try:
@@ -320,7 +321,7 @@ class TelegramBot:
         found = media_of(photo)
         assert found is not None and asked.from_user is not None
         file_id, upload = found
-        who = self._requester(asked.from_user, asked)
+        who = self._requester(asked.from_user, asked.chat)
         chat_id = photo.chat_id
         reply = StatusReply(self.app.bot, chat_id, photo.message_id, self._chat_actions(chat_id))
         try:
@@ -352,10 +353,10 @@ class TelegramBot:
     def _asked(self, update: Update) -> tuple[Message, Requester]:
         message = update.effective_message
         assert message is not None and message.from_user is not None
-        return message, self._requester(message.from_user, message)
+        return message, self._requester(message.from_user, message.chat)
 
-    def _requester(self, user: User, message: Message | Any) -> Requester:
-        chat: Chat | None = getattr(message, "chat", None)
+    def _requester(self, user: User, chat: Chat | None) -> Requester:
+        """Who asks; in a group, the group too (it may have its own quota)."""
         in_group = chat is not None and chat.type != ChatType.PRIVATE
         return Requester(
             platform=PLATFORM,
