@@ -147,7 +147,11 @@ async def serve(config: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_app(config):
-        log.info("toonify-bot is running")
-        await stop.wait()
-        log.info("shutting down: finishing the running job, keeping the queue")
+    try:
+        async with running_app(config):
+            log.info("toonify-bot is running")
+            await stop.wait()
+            log.info("shutting down: finishing the running job, keeping the queue")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

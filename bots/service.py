@@ -24,7 +24,7 @@ from bots import texts
 from bots.config import Settings
 from bots.metrics import Metrics
 from inference.images import ImageError
-from inference.pipeline import NoFaceError, Result, StyleInfo
+from inference.pipeline import NoFace, Result, StyleInfo
 from inference.worker import JobCancelled, JobTimeout, QueueFull, ShuttingDown, Worker
 from storage import (
     AdminInputError,
@@ -330,7 +330,7 @@ class ToonService:
             return Refused(RefusalKind.QUEUE_FULL, texts.QUEUE_FULL)
         if isinstance(exc, ShuttingDown):
             return Refused(RefusalKind.RESEND, texts.SHUTTING_DOWN)
-        if isinstance(exc, NoFaceError):
+        if isinstance(exc, NoFace):
             return Refused(RefusalKind.NO_FACE, texts.no_face(exc.skipped))
         if isinstance(exc, ImageError):
             return Refused(RefusalKind.NOT_IMAGE, exc.reason)

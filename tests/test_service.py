@@ -1,0 +1,354 @@
+"""The request flow end to end on tiny models, driven by a scripted in-process adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from PIL import Image
+
+from bots.app import App, serve
+from bots.service import RefusalKind, Refused, Requester, ToonService
+from inference.pipeline import Toonifier
+from storage import JobStatus, Store, UserRef
+from tests.service_fixtures import RecordingReply, cat_jpeg, face_jpeg, settings, tiny_app
+
+
+class Gated:
+    """The real Toonifier, with a gate in front of inversion and an optional fault."""
+
+    def __init__(self, toonifier: Toonifier) -> None:
+        self.inner = toonifier
+        self.styles = toonifier.styles
+        self.default_style = toonifier.default_style
+        self.gate = threading.Event()
+        self.gate.set()
+        self.inverted = 0
+        self.fail_finish = False
+
+    def prepare(self, image: bytes) -> Any:
+        return self.inner.prepare(image)
+
+    def invert(self, batch: list[Any], progress: Any = None, should_stop: Any = None) -> Any:
+        self.gate.wait(30)
+        self.inverted += len(batch)
+        return self.inner.invert(batch, progress, should_stop)
+
+    def finish(self, *args: Any) -> Any:
+        if self.fail_finish:
+            self.fail_finish = False
+            raise RuntimeError("injected fault")
+        return self.inner.finish(*args)
+
+    def render(self, *args: Any) -> Any:
+        return self.inner.render(*args)
+
+
+@pytest.fixture(scope="module")
+def toonifier(tmp_path_factory: pytest.TempPathFactory) -> Toonifier:
+    return Toonifier.from_config(settings(tmp_path_factory.mktemp("models")))
+
+
+def user(n: int = 1) -> Requester:
+    return Requester("test", str(n), f"user {n}")
+
+
+async def used(app: App, who: Requester) -> int:
+    allowance = await app.store.quotas.allowance(UserRef(who.platform, who.user_id))
+    return allowance.used
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_photo_becomes_a_toon_and_costs_one(tmp_path: Path, toonifier: Toonifier) -> None:
+    async with tiny_app(tmp_path, toonifier=toonifier) as app:
+        reply = RecordingReply()
+        ticket = await app.service.submit(user(), face_jpeg(), reply, ref={"chat": 1})
+        assert ticket.text.startswith("Found 1 face")
+        await reply.wait()
+        assert not reply.failures
+        toon = reply.toons[0]
+        with Image.open(io.BytesIO(toon.image)) as image:
+            assert image.format == "JPEG"
+            assert image.size == (512, 512)
+        assert toon.style == "toon"
+        assert toon.strength == 16
+        assert toon.can_less and toon.can_more
+        assert any("%" in text for text in reply.progress_texts)
+        assert await used(app, user()) == 1
+        assert "4 toons left today" in await app.service.quota_text(user())
+        job = await app.store.jobs.get(ticket.job_id)
+        assert job is not None
+        assert job.status == JobStatus.DONE
+        assert job.chat == {"chat": 1}
+
+
+async def test_fifty_users_each_get_one_toon_in_fifo_order(
+    tmp_path: Path, toonifier: Toonifier
+) -> None:
+    gated = Gated(toonifier)
+    gated.gate.clear()
+    async with tiny_app(
+        tmp_path, toonifier=gated, worker={"queue_size": 60, "max_batch": 4}
+    ) as app:
+        delivered: list[str] = []
+
+        class Ordered(RecordingReply):
+            def __init__(self, who: str) -> None:
+                super().__init__()
+                self.who = who
+
+            async def deliver(self, toon: Any) -> None:
+                delivered.append(self.who)
+                await super().deliver(toon)
+
+        users = [user(n) for n in range(50)]
+        replies = [Ordered(who.user_id) for who in users]
+        tickets = await asyncio.gather(
+            *(
+                app.service.submit(who, face_jpeg(), reply, ref={})
+                for who, reply in zip(users, replies, strict=True)
+            )
+        )
+        gated.gate.set()
+        await asyncio.gather(*(reply.wait(120) for reply in replies))
+        by_position = sorted(zip(tickets, users, strict=True), key=lambda t: t[0].position)
+        assert [t.position for t, _ in by_position] == list(range(1, 51))
+        assert delivered == [who.user_id for _, who in by_position]
+        assert all(len(reply.toons) == 1 and not reply.failures for reply in replies)
+        assert [await used(app, who) for who in users] == [1] * 50
+
+
+async def test_full_queue_says_busy_and_charges_nothing(
+    tmp_path: Path, toonifier: Toonifier
+) -> None:
+    gated = Gated(toonifier)
+    gated.gate.clear()
+    async with tiny_app(tmp_path, toonifier=gated, worker={"queue_size": 1}) as app:
+        running, waiting = RecordingReply(), RecordingReply()
+        await app.service.submit(user(1), face_jpeg(), running, ref={})
+        await until(lambda: not app.worker.full)  # the first job left the queue: it runs
+        await app.service.submit(user(2), face_jpeg(), waiting, ref={})
+        with pytest.raises(Refused) as refused:
+            await app.service.submit(user(3), face_jpeg(), RecordingReply(), ref={})
+        assert refused.value.kind == RefusalKind.QUEUE_FULL
+        assert "busy" in refused.value.text
+        assert await used(app, user(3)) == 0
+        gated.gate.set()
+        await running.wait()
+        await waiting.wait()
+        assert running.toons and waiting.toons
+
+
+async def test_our_failure_is_refunded_and_the_next_job_runs(
+    tmp_path: Path, toonifier: Toonifier
+) -> None:
+    gated = Gated(toonifier)
+    gated.fail_finish = True
+    async with tiny_app(tmp_path, toonifier=gated) as app:
+        broken, fine = RecordingReply(), RecordingReply()
+        ticket = await app.service.submit(user(1), face_jpeg(), broken, ref={})
+        await app.service.submit(user(2), face_jpeg(), fine, ref={})
+        await broken.wait()
+        await fine.wait()
+        error = broken.failures[0]
+        assert error.kind == RefusalKind.INTERNAL
+        assert error.error_id == ticket.job_id
+        assert ticket.job_id in error.text
+        assert await used(app, user(1)) == 0
+        job = await app.store.jobs.get(ticket.job_id)
+        assert job is not None
+        assert job.status == JobStatus.FAILED
+        assert job.refunded
+        assert fine.toons
+
+
+@pytest.mark.parametrize(
+    ("photo", "kind"),
+    [(cat_jpeg, RefusalKind.NO_FACE), (lambda: b"hello, not a photo", RefusalKind.NOT_IMAGE)],
+)
+async def test_user_errors_are_refused_before_the_queue_and_cost_nothing(
+    tmp_path: Path, toonifier: Toonifier, photo: Callable[[], bytes], kind: RefusalKind
+) -> None:
+    async with tiny_app(tmp_path, toonifier=toonifier) as app:
+        with pytest.raises(Refused) as refused:
+            await app.service.submit(user(), photo(), RecordingReply(), ref={})
+        assert refused.value.kind == kind
+        assert await used(app, user()) == 0
+        assert app.worker.depth == 0
+
+
+async def test_quota_and_limits(tmp_path: Path, toonifier: Toonifier) -> None:
+    async with tiny_app(
+        tmp_path, toonifier=toonifier, quota={"daily": 1}, limits={"max_bytes": 200_000}
+    ) as app:
+        reply = RecordingReply()
+        await app.service.submit(user(), face_jpeg(), reply, ref={})
+        await reply.wait()
+        with pytest.raises(Refused) as refused:
+            await app.service.submit(user(), face_jpeg(), RecordingReply(), ref={})
+        assert refused.value.kind == RefusalKind.QUOTA
+        assert "reset" in refused.value.text
+        with pytest.raises(Refused) as too_big:
+            await app.service.submit(user(2), b"\xff" * 200_001, RecordingReply(), ref={})
+        assert too_big.value.kind == RefusalKind.TOO_LARGE
+
+
+async def test_cancel_a_queued_and_a_running_job(tmp_path: Path, toonifier: Toonifier) -> None:
+    gated = Gated(toonifier)
+    gated.gate.clear()
+    async with tiny_app(tmp_path, toonifier=gated) as app:
+        running, queued = RecordingReply(), RecordingReply()
+        first = await app.service.submit(user(1), face_jpeg(), running, ref={})
+        second = await app.service.submit(user(2), face_jpeg(), queued, ref={})
+        assert not await app.service.cancel(user(1), second.job_id)  # not theirs
+        assert await app.service.cancel(user(2), second.job_id)
+        await queued.wait()
+        assert queued.failures[0].kind == RefusalKind.CANCELLED
+        assert await app.service.cancel(user(1), first.job_id)
+        gated.gate.set()
+        await running.wait()
+        assert running.failures[0].kind == RefusalKind.CANCELLED
+        assert gated.inverted <= 1
+        assert [await used(app, user(n)) for n in (1, 2)] == [0, 0]
+
+
+async def test_rerender_without_a_new_inversion(tmp_path: Path, toonifier: Toonifier) -> None:
+    gated = Gated(toonifier)
+    async with tiny_app(tmp_path, toonifier=gated) as app:
+        reply = RecordingReply()
+        ticket = await app.service.submit(user(), face_jpeg(), reply, ref={})
+        await reply.wait()
+        await app.service.rerender(user(), ticket.job_id, reply, change="more")
+        await app.service.rerender(user(), ticket.job_id, reply, change="faces")
+        assert [toon.strength for toon in reply.toons] == [16, 32, 32]
+        assert reply.toons[0].image != reply.toons[1].image
+        assert not reply.toons[1].can_more
+        assert reply.toons[2].faces_only
+        assert gated.inverted == 1
+        assert await used(app, user()) == 1
+        with pytest.raises(Refused) as other:
+            await app.service.rerender(user(2), ticket.job_id, reply, change="less")
+        assert other.value.kind == RefusalKind.NOT_YOURS
+        with pytest.raises(Refused) as expired:
+            await app.service.rerender(user(), "unknown", reply, change="less")
+        assert expired.value.kind == RefusalKind.EXPIRED
+
+
+class ScriptedAdapter:
+    """An in-process adapter that can fetch a job's photo again after a restart."""
+
+    def __init__(self, service: ToonService, photos: dict[str, bytes]) -> None:
+        self.photos = photos
+        self.replies: dict[str, RecordingReply] = {}
+        service.register("test", self)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def refetch(self, ref: dict[str, Any]) -> bytes | None:
+        return self.photos.get(ref["photo"])
+
+    def reply_for(self, ref: dict[str, Any]) -> RecordingReply:
+        return self.replies.setdefault(ref["photo"], RecordingReply())
+
+
+async def test_queued_jobs_survive_a_restart(tmp_path: Path, toonifier: Toonifier) -> None:
+    gated = Gated(toonifier)
+    gated.gate.clear()
+    async with tiny_app(tmp_path, toonifier=gated) as app:
+        running = RecordingReply()
+        await app.service.submit(user(1), face_jpeg(), running, ref={"photo": "one"})
+        kept = await app.service.submit(
+            user(2), face_jpeg(), RecordingReply(), ref={"photo": "two"}
+        )
+        gone = await app.service.submit(
+            user(3), face_jpeg(), RecordingReply(), ref={"photo": "gone"}
+        )
+        stopping = asyncio.create_task(app.worker.stop())
+        await asyncio.sleep(0.05)
+        gated.gate.set()
+        await stopping
+        await running.wait()
+        assert running.toons  # the running job finished before the worker stopped
+    store = await Store.open(settings(tmp_path).storage.url, settings(tmp_path).quota)
+    assert {job.id for job in await store.jobs.unfinished_jobs()} == {kept.job_id, gone.job_id}
+    await store.close()
+
+    photos = {"two": face_jpeg()}
+    adapters: list[ScriptedAdapter] = []
+
+    def make(_: Any, service: ToonService) -> list[Any]:
+        adapters.append(ScriptedAdapter(service, photos))
+        return adapters
+
+    async with tiny_app(tmp_path, adapters=make, toonifier=toonifier) as app:
+        replies = adapters[0].replies
+        await replies["two"].wait()
+        await replies["gone"].wait()
+        assert replies["two"].toons
+        assert replies["gone"].failures[0].kind == RefusalKind.RESEND
+        assert await app.store.jobs.unfinished_jobs() == []
+        assert await used(app, user(3)) == 0
+        assert await used(app, user(2)) == 1
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_ops_endpoints_answer(tmp_path: Path, toonifier: Toonifier) -> None:
+    port = free_port()
+    async with tiny_app(tmp_path, toonifier=toonifier, ops={"port": port}) as app:
+        reply = RecordingReply()
+        await app.service.submit(user(), face_jpeg(), reply, ref={})
+        await reply.wait()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                assert response.status == 200
+                health = await response.json()
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                metrics = await response.text()
+        assert health["worker_alive"] and health["models_loaded"]
+        assert health["queue_depth"] == 0
+        assert 'toonify_jobs_total{outcome="done"} 1.0' in metrics
+        assert "toonify_stage_seconds_bucket" in metrics
+        assert "toonify_queue_depth 0.0" in metrics
+
+
+async def test_sigterm_shuts_the_bot_down_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    config = settings(tmp_path, ops={"port": port})
+    task = asyncio.create_task(serve(config))
+    async with aiohttp.ClientSession() as http:
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(task, 30)
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/healthz"):
+            pass
