@@ -85,6 +85,8 @@ class App:
         """Stop accepting, finish the running job, leave the queued ones for the next start."""
         if self._purge is not None:
             self._purge.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purge
         left = await self.worker.stop()
         if left:
             log.info("%d queued job(s) kept for the next start", len(left))
