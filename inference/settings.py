@@ -24,6 +24,10 @@ class ModelsSettings(Section):
 
 class StyleSettings(Section):
     label: str = ""
+    # blend: `model` is a StyleGAN2 fine-tuned from FFHQ, blended with models.face per strength.
+    # psp: `model` is a pSp checkpoint (e.g. psp_ffhq_toonify) whose encoder maps the face
+    # straight into its embedded toon generator; it has one rendering, strengths do not apply.
+    kind: Literal["blend", "psp"] = "blend"
     model: str
     strengths: list[PositiveInt] = Field(default_factory=lambda: [8, 16, 32, 64])
     default_strength: PositiveInt = 32
@@ -31,6 +35,9 @@ class StyleSettings(Section):
 
     @model_validator(mode="after")
     def _check_strengths(self) -> StyleSettings:
+        blending = {"strengths", "default_strength", "blend_width"} & self.model_fields_set
+        if self.kind == "psp" and blending:
+            raise ValueError(f"{', '.join(sorted(blending))}: not for a psp style (one rendering)")
         for r in self.strengths:
             if r < 4 or r & (r - 1):
                 raise ValueError(f"strength {r} is not a power of two >= 4")
@@ -53,6 +60,8 @@ class LimitsSettings(Section):
 class InvertSettings(Section):
     method: Literal["optimize", "encoder", "encoder+optimize"] = "optimize"
     steps: PositiveInt = 300
+    encoder: str = "e4e"
+    refine_steps: PositiveInt = 100
     loss: Literal["perceptual", "pixel"] = "perceptual"
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bots.cli import bench, config, models, quota, run
+from bots.cli import bench, config, faces, models, photo, quota, run, vgg16
 
 app = typer.Typer(
     name="toonify",
@@ -33,7 +33,10 @@ def main(
 
 
 app.add_typer(config.app, name="config")
+models.app.command("fetch-vgg16")(vgg16.fetch_vgg16)
 app.add_typer(models.app, name="models")
 app.add_typer(quota.app, name="quota")
 app.add_typer(bench.app, name="bench")
 app.command("run")(run.run)
+app.command("faces")(faces.faces)
+app.command("photo")(photo.photo)

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import sqlite3
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import numpy as np
+import torch
 import typer
+from PIL import Image
 from rich.table import Table
 
-from bots.cli.common import console
+from bots.cli.common import console, fail, settings
+from inference.align import align_face
+from inference.faces import FaceBackendError, FaceDetector, make_backend
+from inference.images import ImageError, decode_image
+from inference.stylegan2 import Architecture, Generator
 
 app = typer.Typer(
     help="Measure the hot paths on this machine (printed tables).", no_args_is_help=True
@@ -40,5 +51,298 @@ def storage(
             f"{rate.median:,.0f}",
             f"{min(rate.per_second):,.0f}",
             f"{max(rate.per_second):,.0f}",
+        )
+    console.print(table)
+
+
+@app.command("faces")
+def faces(
+    ctx: typer.Context,
+    photos: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            exists=True, dir_okay=False, help="Photos (default: test photos from scikit-image)."
+        ),
+    ] = None,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per photo (median shown).")] = 5,
+    size: Annotated[int, typer.Option(min=16, max=4096, help="Aligned crop size.")] = 1024,
+) -> None:
+    """Decode, detection (+ landmarks) and alignment time per photo, for each backend."""
+    config = settings(ctx)
+    named = {path.name: path.read_bytes() for path in photos} if photos else _sample_photos()
+    try:
+        decoded = {name: decode_image(data, config.limits) for name, data in named.items()}
+    except ImageError as exc:
+        fail(str(exc))
+    table = Table("photo", "backend", "faces", "decode", "detect", f"align {size}", "total")
+    missing = []
+    for name in ("face-alignment", "dlib"):
+        try:
+            backend = make_backend(name, config.models.device)
+        except FaceBackendError as exc:
+            missing.append(f"{name} is unavailable: {exc}")
+            continue
+        where = getattr(backend, "device", "cpu")
+        detector = FaceDetector(backend, config.faces.max_faces, config.faces.min_size)
+        for photo, image in decoded.items():
+            decode = _median(runs, decode_image, named[photo], config.limits)
+            found = detector.detect(image)
+            detect = _median(runs, detector.detect, image)
+            align = _median(runs, _align_all, image, [f.landmarks for f in found.faces], size)
+            table.add_row(
+                f"{photo} {image.width}x{image.height}",
+                f"{name} ({where})",
+                str(len(found.faces)),
+                *(f"{t * 1000:.0f} ms" for t in (decode, detect, align, decode + detect + align)),
+            )
+    console.print(table)
+    for line in missing:
+        console.print(f"[yellow]{line}[/yellow]")
+
+
+def _median(runs: int, work: Callable[..., object], *args: Any) -> float:
+    """Median seconds of `runs` calls of work(*args) after one warm-up call."""
+    work(*args)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        work(*args)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _align_all(image: Image.Image, landmarks: list[np.ndarray], size: int) -> None:
+    for marks in landmarks:
+        align_face(image, marks, size)
+
+
+def _sample_photos() -> dict[str, bytes]:
+    """The astronaut as sent, in a 12 MP phone photo, as a close selfie whose crop square leaves
+    the frame (the padding path), and beside a smaller copy of herself."""
+    try:
+        from skimage import data
+    except ImportError:
+        fail("pass photos, or install the dev extra (scikit-image) for the sample photos")
+    astronaut = Image.fromarray(data.astronaut())
+    phone = Image.new("RGB", (4032, 3024), (90, 90, 100))
+    phone.paste(astronaut.resize((2400, 2400), Image.Resampling.LANCZOS), (800, 300))
+    pair = Image.new("RGB", (1000, 560), (128, 128, 128))
+    pair.paste(astronaut, (0, 0))
+    pair.paste(astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((420, 420)), (560, 120))
+    selfie = astronaut.crop((120, 20, 330, 300)).resize((3024, 4032), Image.Resampling.LANCZOS)
+    return {
+        "astronaut.jpg": _jpeg(astronaut),
+        "phone.jpg": _jpeg(phone),
+        "selfie.jpg": _jpeg(selfie),
+        "two-faces.jpg": _jpeg(pair),
+    }
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=92)
+    return out.getvalue()
+
+
+@app.command("pipeline")
+def pipeline(
+    ctx: typer.Context,
+    steps: Annotated[int, typer.Option(min=2, help="Inversion steps timed (first skipped).")] = 5,
+    runs: Annotated[int, typer.Option(min=1, help="Runs of the other stages (median).")] = 3,
+    resolution: Annotated[int, typer.Option(help="Generator resolution.")] = 1024,
+) -> None:
+    """Per-stage times of a toon with random-weight generators: 1 face and 4 faces."""
+    from inference.invert import PerceptualModelMissingError
+    from inference.pipeline import distance_factory, resolve_device
+    from inference.pipeline_bench import STAGES, measure, random_toonifier
+
+    config = settings(ctx)
+    device = resolve_device(config.models.device)
+    loss = config.invert.loss
+    try:
+        make_distance = distance_factory(config.invert, config.models, device)
+    except PerceptualModelMissingError as exc:
+        console.print(f"[yellow]{exc}; timing the pixel loss instead[/yellow]")
+        loss = "pixel"
+        pixel = config.invert.model_copy(update={"loss": loss})
+        make_distance = distance_factory(pixel, config.models, device)
+    try:
+        detector = FaceDetector(
+            make_backend(config.faces.backend, str(device)),
+            max(config.faces.max_faces, 4),
+            config.faces.min_size,
+        )
+    except FaceBackendError as exc:
+        fail(str(exc))
+    dtype = getattr(torch, config.models.dtype)
+    with console.status(f"building random {resolution} px generators on {device}"):
+        toonifier = random_toonifier(
+            resolution, device, dtype, detector, config.limits, make_distance
+        )
+    photos = _group_photos()
+    rows = measure(toonifier, photos, steps, runs)
+    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+    title = (
+        f"Pipeline: {resolution} px random generators on {_describe(device)}{threads}, "
+        f"{config.models.dtype} render, {loss} loss, {steps} steps, {runs} runs"
+    )
+    table = Table("photo", "faces", *STAGES, title=title)
+    for row in rows:
+        table.add_row(
+            row.photo, str(row.faces), *(f"{row.seconds[s] * 1000:,.0f} ms" for s in STAGES)
+        )
+    console.print(table)
+
+
+def _group_photos() -> dict[str, bytes]:
+    """The astronaut alone (batch 1) and four of her in a 2x2 grid (batch 4)."""
+    try:
+        from skimage import data
+    except ImportError:
+        fail("install the dev extra (scikit-image) for the sample photos")
+    astronaut = Image.fromarray(data.astronaut())
+    grid = Image.new("RGB", (astronaut.width * 2, astronaut.height * 2))
+    for x in (0, astronaut.width):
+        for y in (0, astronaut.height):
+            grid.paste(astronaut, (x, y))
+    return {"astronaut.jpg": _jpeg(astronaut), "astronaut-x4.jpg": _jpeg(grid)}
+
+
+@app.command("encoder")
+def encoder(
+    ctx: typer.Context,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per row (median shown).")] = 5,
+) -> None:
+    """Forward time per face of a full-size e4e encoder (random weights), batch 1 and 8."""
+    from inference.encoders import EncoderArch, FaceEncoder
+    from inference.pipeline import resolve_device
+
+    device = resolve_device(settings(ctx).models.device)
+    model = FaceEncoder(EncoderArch(kind="e4e"), torch.zeros(18, 512)).eval().to(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    table = Table(title=f"Encoder forward (IR-SE-50, 256 px, float32) on {name}")
+    for column in ("batch", "ms / batch", "ms / face", "faces / s"):
+        table.add_column(column, justify="right")
+    for batch in (1, 8):
+        faces = torch.rand(batch, 3, 256, 256, device=device) * 2 - 1
+        with torch.inference_mode():
+            seconds = _median(runs, _forward, model, faces)
+        table.add_row(
+            str(batch),
+            f"{seconds * 1e3:.1f}",
+            f"{seconds * 1e3 / batch:.1f}",
+            f"{batch / seconds:.1f}",
+        )
+    console.print(table)
+
+
+def _forward(model: Callable[[torch.Tensor], torch.Tensor], faces: torch.Tensor) -> None:
+    """One forward pass, GPU work included (CUDA runs asynchronously)."""
+    model(faces)
+    if faces.is_cuda:
+        torch.cuda.synchronize(faces.device)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def _synthesis_seconds(generator: Generator, batch: int, runs: int) -> list[float]:
+    """Wall time of `runs` synthesis calls after one warm-up call (device synchronised)."""
+    device = generator.input.input.device
+    z = torch.randn(batch, generator.z_dim, generator=torch.Generator().manual_seed(0))
+    times = []
+    with torch.no_grad():
+        ws = generator.mapping(z.to(device))
+        for i in range(runs + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            generator.synthesis(ws, noise_mode="const")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:
+                times.append(time.perf_counter() - start)
+    return times
+
+
+@app.command("generator")
+def generator(
+    ctx: typer.Context,
+    resolutions: Annotated[str, typer.Option(help="Output sizes (config-f).")] = "256,512,1024",
+    batches: Annotated[str, typer.Option(help="Batch sizes.")] = "1,8",
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per cell (median).")] = 5,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:N (default: models.device).")
+    ] = None,
+) -> None:
+    """Images per second of the StyleGAN2 synthesis network (random config-f weights)."""
+    setting = device or settings(ctx).models.device
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    target = torch.device(setting)
+    dtypes = [torch.float32]
+    if target.type == "cuda":
+        dtypes += [torch.float16, torch.bfloat16]
+    threads = f", {torch.get_num_threads()} threads" if target.type == "cpu" else ""
+    table = Table(
+        "Resolution", "Batch", "dtype", "Median ms", "Images/s",
+        title=f"StyleGAN2 synthesis on {_describe(target)}{threads}, median of {runs}",
+    )  # fmt: skip
+    for resolution in _ints(resolutions):
+        base = Generator(Architecture(resolution)).eval().requires_grad_(False)
+        for dtype in dtypes:
+            model = base.to(target, dtype)
+            for batch in _ints(batches):
+                with console.status(f"{resolution} px, batch {batch}, {dtype}"):
+                    median = statistics.median(_synthesis_seconds(model, batch, runs))
+                table.add_row(
+                    str(resolution),
+                    str(batch),
+                    str(dtype).removeprefix("torch."),
+                    f"{median * 1e3:.0f}",
+                    f"{batch / median:.2f}",
+                )
+    console.print(table)
+
+
+def _describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+@app.command("service")
+def service(
+    jobs: Annotated[int, typer.Option(min=1, help="Jobs per run.")] = 20,
+    runs: Annotated[int, typer.Option(min=1, help="Runs; the table shows their median.")] = 3,
+    steps: Annotated[int, typer.Option(min=1, help="Inversion steps per job.")] = 2,
+    batches: Annotated[str, typer.Option(help="worker.max_batch values to compare.")] = "1,4",
+) -> None:
+    """Per-job overhead outside inference and throughput by max_batch, on tiny models (CPU)."""
+    from bots.service_bench import measure, median
+
+    figures = asyncio.run(measure(jobs, runs, steps, _ints(batches)))
+    table = Table(title=f"Service: {jobs} jobs x {runs} runs, tiny 32 px models, {steps} steps")
+    table.add_column("measure")
+    table.add_column("median", justify="right")
+    table.add_column("min", justify="right")
+    table.add_column("max", justify="right")
+    overhead = figures.overhead_ms
+    table.add_row(
+        "overhead per job (ms)",
+        f"{median(overhead):.1f}",
+        f"{min(overhead):.1f}",
+        f"{max(overhead):.1f}",
+    )
+    for batch, rates in figures.throughput.items():
+        table.add_row(
+            f"jobs/s, {jobs} users at once, max_batch {batch}",
+            f"{median(rates):.2f}",
+            f"{min(rates):.2f}",
+            f"{max(rates):.2f}",
         )
     console.print(table)

@@ -31,5 +31,9 @@ def run(ctx: typer.Context) -> None:
     if missing := missing_tokens(config):
         fail(f"an enabled adapter has no token: set {' and '.join(missing)}")
     from bots.app import serve
+    from inference.pipeline import MODEL_LOAD_ERRORS
 
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except MODEL_LOAD_ERRORS as exc:
+        fail(f"cannot start: {exc}")

@@ -1,0 +1,162 @@
+"""What the request flow costs around inference, measured on tiny random models.
+
+Overhead is everything a job pays outside the Toonifier's own calls: admission and job rows in
+SQLite, the queue, thread hand-offs, progress relaying, JPEG encoding and delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from skimage import data
+
+from bots.app import App
+from bots.config import Settings
+from bots.service import Refused, Toon
+from bots.service import Requester as Who
+from inference.checkpoints import save_generator
+from inference.pipeline import Toonifier
+from inference.stylegan2 import Architecture, Generator
+from storage import Store
+
+TINY = Architecture(
+    resolution=32, channel_multiplier=1, w_dim=64, n_mlp=2, channel_max=16, channel_base=512
+)
+
+
+@dataclass(frozen=True)
+class ServiceFigures:
+    jobs: int
+    overhead_ms: list[float]
+    throughput: dict[int, list[float]]
+
+
+class _TimedEngine:
+    """The real Toonifier, adding up the seconds its own calls take."""
+
+    def __init__(self, inner: Toonifier) -> None:
+        self._inner = inner
+        self.styles = inner.styles
+        self.default_style = inner.default_style
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def _timed(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with self._lock:
+                self.seconds += time.perf_counter() - start
+
+    def prepare(self, image: bytes) -> Any:
+        return self._timed(self._inner.prepare, image)
+
+    def invert(self, *args: Any, **kwargs: Any) -> Any:
+        return self._timed(self._inner.invert, *args, **kwargs)
+
+    def finish(self, *args: Any) -> Any:
+        return self._timed(self._inner.finish, *args)
+
+    def render(self, *args: Any) -> Any:
+        return self._timed(self._inner.render, *args)
+
+
+class _Reply:
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+
+    async def progress(self, text: str) -> None:
+        pass
+
+    async def deliver(self, toon: Toon) -> None:
+        self.done.set()
+
+    async def fail(self, error: Refused) -> None:
+        raise RuntimeError(f"benchmark job failed: {error.text}")
+
+
+def _config(folder: Path, steps: int, max_batch: int, jobs: int) -> Settings:
+    generator = Generator(TINY)
+    save_generator(generator, folder / "ffhq.safetensors", source="bench")
+    save_generator(generator, folder / "toon.safetensors", source="bench")
+    return Settings(
+        models={"dir": str(folder), "face": "ffhq", "device": "cpu"},
+        styles={
+            "toon": {"label": "Toon", "model": "toon", "strengths": [8, 16], "default_strength": 16}
+        },
+        faces={"backend": "dlib"},
+        invert={"loss": "pixel", "steps": steps},
+        worker={"queue_size": jobs, "max_batch": max_batch, "progress_interval": 0.5},
+        quota={"daily": 1_000_000, "cooldown": 0, "max_in_flight": jobs},
+        storage={"url": f"sqlite+aiosqlite:///{folder / 'bench.db'}"},
+    )
+
+
+def _photo() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+async def _app(folder: Path, steps: int, max_batch: int, jobs: int) -> tuple[App, _TimedEngine]:
+    config = _config(folder, steps, max_batch, jobs)
+    engine = _TimedEngine(await asyncio.to_thread(Toonifier.from_config, config))
+    app = App(config, engine, await Store.open(config.storage.url, config.quota))
+    await app.start([])
+    return app, engine
+
+
+async def _one_by_one(app: App, engine: _TimedEngine, jobs: int, photo: bytes) -> float:
+    """Milliseconds per job outside the Toonifier, jobs sent one after another."""
+    engine.seconds = 0.0
+    start = time.perf_counter()
+    for n in range(jobs):
+        reply = _Reply()
+        await app.service.submit(Who("bench", "solo", "solo"), photo, reply, ref={"n": n})
+        await reply.done.wait()
+    return 1000 * (time.perf_counter() - start - engine.seconds) / jobs
+
+
+async def _all_at_once(app: App, jobs: int, photo: bytes) -> float:
+    """Jobs per second with `jobs` users sending at the same moment."""
+    replies = [_Reply() for _ in range(jobs)]
+    start = time.perf_counter()
+    await asyncio.gather(
+        *(
+            app.service.submit(Who("bench", str(n), str(n)), photo, reply, ref={})
+            for n, reply in enumerate(replies)
+        )
+    )
+    await asyncio.gather(*(reply.done.wait() for reply in replies))
+    return jobs / (time.perf_counter() - start)
+
+
+async def measure(jobs: int, runs: int, steps: int, batches: list[int]) -> ServiceFigures:
+    photo = _photo()
+    overhead: list[float] = []
+    throughput: dict[int, list[float]] = {batch: [] for batch in batches}
+    for batch in batches:
+        for _ in range(runs):
+            with tempfile.TemporaryDirectory() as folder:
+                app, engine = await _app(Path(folder), steps, batch, jobs)
+                try:
+                    if batch == batches[0]:
+                        overhead.append(await _one_by_one(app, engine, jobs, photo))
+                    throughput[batch].append(await _all_at_once(app, jobs, photo))
+                finally:
+                    await app.stop()
+    return ServiceFigures(jobs, overhead, throughput)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")

@@ -1,0 +1,300 @@
+"""Faces in a photo: a box, a score and the 68 iBUG landmarks each, from one of two backends.
+
+Backends: `face-alignment` (S3FD detector + FAN landmarks, torch, GPU when there is one; its
+weights download to the torch hub cache on first use) and `dlib` (HOG detector + the 68-point
+shape predictor shipped in the face_recognition_models package, offline). `auto` takes
+face-alignment when it loads, else dlib.
+
+Detection runs on a copy of the photo scaled so that the smallest face worth finding is just
+large enough for the detector and the copy stays under about two megapixels; landmarks are then
+placed on the full-resolution photo. A detector is used from one thread at a time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import numpy as np
+from PIL import Image
+
+from inference.settings import FacesSettings
+
+log = logging.getLogger(__name__)
+
+Box = tuple[float, float, float, float]
+
+# Detection copies stay under this many pixels (dlib's HOG takes ~0.2 s on one core at 2 MP).
+DETECTION_PIXELS = 2_000_000
+# dlib's HOG scores real faces around 1 and its false positives (badges, patterns) near 0.
+_HOG_THRESHOLD = 0.3
+# Seconds a stalled weight download may hang before face-alignment is declared unavailable.
+DOWNLOAD_TIMEOUT = 30.0
+
+
+class FaceBackendError(Exception):
+    """A landmark backend that cannot run here; str() says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face in photo pixel coordinates (pixel centres at integers)."""
+
+    box: Box
+    score: float
+    landmarks: np.ndarray = field(repr=False)
+
+    @property
+    def width(self) -> float:
+        """Ear to ear (jaw landmarks 0 and 16), whatever the head's roll."""
+        return float(np.hypot(*(self.landmarks[16] - self.landmarks[0])))
+
+
+class SkipProblem(StrEnum):
+    TOO_SMALL = "too_small"
+    TOO_MANY = "too_many"
+
+
+@dataclass(frozen=True)
+class SkippedFace:
+    face: Face
+    problem: SkipProblem
+    reason: str
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The faces to use, largest first, and the ones left out with a reason a person can read."""
+
+    faces: list[Face]
+    skipped: list[SkippedFace]
+
+
+class LandmarkBackend(Protocol):
+    name: str
+    # Faces narrower than this (pixels in the image it is given) are missed by the detector.
+    smallest_face: int
+
+    def boxes(self, image: np.ndarray) -> list[tuple[Box, float]]:
+        """Face boxes (x0, y0, x1, y1) and scores in an RGB uint8 image."""
+        ...
+
+    def landmarks(self, image: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]:
+        """68 landmarks [68, 2] (x, y) for each box, in the same order."""
+        ...
+
+
+class FaceDetector:
+    """A backend plus the policy: detection scale, largest first, size and count limits."""
+
+    def __init__(self, backend: LandmarkBackend, max_faces: int, min_size: int) -> None:
+        self.backend = backend
+        self.max_faces = max_faces
+        self.min_size = min_size
+
+    def detect(self, photo: Image.Image) -> Detection:
+        """Every face in an RGB photo, sorted and split into used and skipped."""
+        photo = photo if photo.mode == "RGB" else photo.convert("RGB")
+        pixels = np.asarray(photo)
+        scale = self._scale(photo.width, photo.height)
+        small = pixels
+        if scale != 1.0:
+            size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
+            small = np.asarray(photo.resize(size, Image.Resampling.BILINEAR))
+        found = self.backend.boxes(small)
+        boxes: list[Box] = [
+            (x0 / scale, y0 / scale, x1 / scale, y1 / scale) for (x0, y0, x1, y1), _ in found
+        ]
+        marks = self.backend.landmarks(pixels, boxes) if boxes else []
+        faces = sorted(
+            (
+                Face(box, float(score), np.asarray(lm, np.float64)[:, :2])
+                for box, (_, score), lm in zip(boxes, found, marks, strict=True)
+            ),
+            key=lambda face: face.width,
+            reverse=True,
+        )
+        return self._select(faces)
+
+    def _scale(self, width: int, height: int) -> float:
+        """Enlarge so a min_size face reaches the detector's minimum; shrink to the budget."""
+        wanted = max(1.0, self.backend.smallest_face / self.min_size)
+        budget = math.sqrt(DETECTION_PIXELS / (width * height))
+        return min(wanted, budget)
+
+    def _select(self, faces: list[Face]) -> Detection:
+        used: list[Face] = []
+        skipped: list[SkippedFace] = []
+        for face in faces:
+            if face.width < self.min_size:
+                reason = (
+                    f"A face {face.width:.0f} px wide is too small "
+                    f"(at least {self.min_size} px are needed)."
+                )
+                skipped.append(SkippedFace(face, SkipProblem.TOO_SMALL, reason))
+            elif len(used) >= self.max_faces:
+                reason = f"Only the {self.max_faces} largest faces of a photo are used."
+                skipped.append(SkippedFace(face, SkipProblem.TOO_MANY, reason))
+            else:
+                used.append(face)
+        return Detection(used, skipped)
+
+
+def make_detector(settings: FacesSettings, device: str = "auto") -> FaceDetector:
+    """The configured backend wrapped in the configured policy; `device` is for face-alignment."""
+    backend = make_backend(settings.backend, device)
+    log.info("face backend: %s", backend)
+    return FaceDetector(backend, settings.max_faces, settings.min_size)
+
+
+def make_backend(name: str, device: str = "auto") -> LandmarkBackend:
+    """Load one backend by its config name; `auto` falls back to dlib, saying why."""
+    if name == "dlib":
+        return DlibBackend()
+    if name == "face-alignment":
+        return FanBackend(device)
+    if name != "auto":
+        raise ValueError(f"unknown face backend {name!r}")
+    try:
+        return FanBackend(device)
+    except FaceBackendError as exc:
+        log.warning("face-alignment is unavailable, using dlib: %s", exc)
+        return DlibBackend()
+
+
+class DlibBackend:
+    """HOG detector and the 68-point shape predictor, entirely on the CPU."""
+
+    name = "dlib"
+    smallest_face = 80
+
+    def __init__(self) -> None:
+        try:
+            import dlib
+        except ImportError as exc:
+            raise FaceBackendError("dlib is not installed (pip install dlib-bin)") from exc
+        self._dlib = dlib
+        self._detector = dlib.get_frontal_face_detector()
+        self._predictor = dlib.shape_predictor(str(dlib_model_path()))
+
+    def boxes(self, image: np.ndarray) -> list[tuple[Box, float]]:
+        rects, scores, _ = self._detector.run(image, 0, _HOG_THRESHOLD)
+        return [
+            ((r.left(), r.top(), r.right() + 1, r.bottom() + 1), float(s))
+            for r, s in zip(rects, scores, strict=True)
+        ]
+
+    def landmarks(self, image: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]:
+        marks = []
+        for x0, y0, x1, y1 in boxes:
+            rect = self._dlib.rectangle(round(x0), round(y0), round(x1) - 1, round(y1) - 1)
+            shape = self._predictor(image, rect)
+            marks.append(np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64))
+        return marks
+
+    def __str__(self) -> str:
+        return "dlib (HOG + 68-point shape predictor, CPU)"
+
+
+def dlib_model_path() -> Path:
+    """The 68-point model inside face_recognition_models, found without importing it.
+
+    Importing that package fails on current setuptools (it imports pkg_resources).
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FaceBackendError(
+            "dlib's 68-point model is missing: pip install face_recognition_models"
+        )
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / "models" / "shape_predictor_68_face_landmarks.dat"
+        if path.is_file():
+            return path
+    raise FaceBackendError("face_recognition_models has no shape_predictor_68_face_landmarks.dat")
+
+
+class FanBackend:
+    """face-alignment's S3FD detector and 2D FAN, on `device` (auto: CUDA when present)."""
+
+    name = "face-alignment"
+    smallest_face = 20
+
+    def __init__(self, device: str = "auto") -> None:
+        try:
+            import face_alignment  # imports torch: only when this backend is chosen
+            import torch
+        except ImportError as exc:
+            raise FaceBackendError(f"face-alignment cannot be imported: {exc}") from exc
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        fetch_fan_weights()
+        try:
+            self._model = face_alignment.FaceAlignment(
+                face_alignment.LandmarksType.TWO_D,
+                device=device,
+                face_detector="sfd",
+                compile=False,
+            )
+        except Exception as exc:  # Broken cache files or an unusable device.
+            raise FaceBackendError(f"face-alignment failed to load on {device}: {exc}") from exc
+
+    def boxes(self, image: np.ndarray) -> list[tuple[Box, float]]:
+        found = self._model.face_detector.detect_from_image(image)
+        return [((b[0], b[1], b[2], b[3]), float(b[4])) for b in found]
+
+    def landmarks(self, image: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]:
+        detected = [np.array(box, dtype=np.float64) for box in boxes]
+        marks: Any = self._model.get_landmarks_from_image(image, detected_faces=detected)
+        return list(marks or [])
+
+    def __str__(self) -> str:
+        return f"face-alignment (S3FD + FAN, {self.device})"
+
+
+def fan_weight_urls() -> list[str]:
+    """face-alignment's own download addresses for the 2D FAN and the S3FD detector."""
+    from face_alignment.api import models_urls as fan
+    from face_alignment.detection.sfd.sfd_detector import models_urls as sfd
+
+    return [fan["2DFAN-4"], sfd["s3fd"]]
+
+
+def fetch_fan_weights() -> None:
+    """Make sure the weights are in the torch hub cache, where face-alignment looks for them.
+
+    Downloading here, with a timeout, means an offline host fails at once with a clear reason
+    instead of hanging inside face-alignment.
+    """
+    import torch
+
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    for url in fan_weight_urls():
+        target = folder / Path(urlparse(url).path).name
+        if target.is_file():
+            continue
+        log.info("downloading face-alignment weights to %s", target)
+        partial = target.with_name(target.name + ".partial")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with (
+                urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response,
+                partial.open("wb") as out,
+            ):
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+            partial.replace(target)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise FaceBackendError(
+                f"face-alignment weights are not in {folder} and could not be downloaded "
+                f'({exc}); run once on a connected machine or set faces.backend = "dlib"'
+            ) from exc

@@ -1,0 +1,416 @@
+"""Toonifier: photo bytes -> toon faces pasted back, the way the toonify notebook does it.
+
+Decode, detect and align the faces (FFHQ framing), find each face's W+ code in the FFHQ
+generator, render that code with a blended model (toon structure, FFHQ texture) and paste the
+result back. Synchronous and single-threaded by design: the worker calls it from one thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from inference.align import AlignedFace, align_face, paste_back
+from inference.blend import BlendError, blend
+from inference.checkpoints import CheckpointError
+from inference.encoder_checkpoints import load_encoder, load_psp_style
+from inference.encoders import FaceEncoder
+from inference.faces import FaceBackendError, FaceDetector, make_detector
+from inference.images import decode_image
+from inference.invert import (
+    Cancelled,
+    Distance,
+    PerceptualModelMissingError,
+    ProgressFn,
+    StopFn,
+    invert,
+    load_perceptual,
+    perceptual_distance,
+    pixel_distance,
+    w_stats,
+)
+from inference.model_store import ModelStore, ModelStoreError
+from inference.settings import (
+    FacesSettings,
+    InvertSettings,
+    LimitsSettings,
+    ModelsSettings,
+    StyleSettings,
+)
+from inference.stylegan2 import Generator
+
+__all__ = [
+    "Cancelled",
+    "Latents",
+    "NoFace",
+    "Prepared",
+    "ProgressFn",
+    "Result",
+    "StopFn",
+    "StyleInfo",
+    "Toonifier",
+]
+
+
+# What loading the configured models can fail with; each message tells the operator the fix.
+MODEL_LOAD_ERRORS = (
+    PerceptualModelMissingError,
+    ModelStoreError,
+    CheckpointError,
+    BlendError,
+    FaceBackendError,
+    ValueError,
+)
+
+
+class NoFace(Exception):
+    """No face in the photo that can be used; `reason` is for the person who sent it."""
+
+    def __init__(self, skipped: Sequence[str]) -> None:
+        self.skipped = list(skipped)
+        self.reason = " ".join(["I could not find a face I can use in this photo.", *skipped])
+        super().__init__(self.reason)
+
+
+class ToonifierConfig(Protocol):
+    """The sections of bots.config.Settings the Toonifier reads."""
+
+    @property
+    def models(self) -> ModelsSettings: ...
+    @property
+    def styles(self) -> Mapping[str, StyleSettings]: ...
+    @property
+    def style(self) -> str: ...
+    @property
+    def faces(self) -> FacesSettings: ...
+    @property
+    def limits(self) -> LimitsSettings: ...
+    @property
+    def invert(self) -> InvertSettings: ...
+
+
+@dataclass(frozen=True)
+class StyleInfo:
+    name: str
+    label: str
+    strengths: list[int]
+    default_strength: int
+
+
+@dataclass
+class Prepared:
+    """Decode + detect + align done; nothing on the accelerator yet."""
+
+    photo: Image.Image
+    faces: list[AlignedFace]
+    skipped: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Latents:
+    """What the latent cache keeps for re-rendering: W+ codes of the faces of one photo."""
+
+    ws: torch.Tensor  # [n_faces, num_ws, w_dim], CPU float32
+    noises: list[torch.Tensor] | None = None
+
+
+@dataclass
+class Result:
+    photo: Image.Image
+    faces: list[Image.Image]
+    latents: Latents
+    style: str
+    strength: int
+    skipped: list[str]
+    timings: dict[str, float]
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` means CUDA when this machine has it, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def to_tensor(images: Sequence[Image.Image], device: torch.device) -> torch.Tensor:
+    """RGB images -> [N, 3, H, W] float32 in [-1, 1]."""
+    array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2).to(device) / 127.5 - 1
+
+
+def to_images(batch: torch.Tensor) -> list[Image.Image]:
+    """[N, 3, H, W] in [-1, 1] -> RGB images (rounded, clipped)."""
+    pixels = ((batch.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return [Image.fromarray(a, "RGB") for a in pixels.permute(0, 2, 3, 1).cpu().numpy()]
+
+
+def prepare_blends(
+    structure: Generator,
+    texture: Generator,
+    strengths: Sequence[int],
+    blend_width: float | None,
+    dtype: torch.dtype,
+) -> dict[int, Generator]:
+    """One blended generator per strength (swap resolution), ready to render."""
+    return {
+        strength: blend(structure, texture, strength, blend_width)
+        .to(dtype)
+        .eval()
+        .requires_grad_(False)
+        for strength in strengths
+    }
+
+
+class Toonifier:
+    """Every model loaded once; prepare/invert/finish/render run on the caller's thread."""
+
+    def __init__(
+        self,
+        face: Generator,
+        blends: Mapping[str, Mapping[int, Generator]],
+        styles: Mapping[str, StyleInfo],
+        default_style: str,
+        detector: FaceDetector,
+        limits: LimitsSettings,
+        steps: int,
+        make_distance: Callable[[torch.Tensor], Distance],
+        encoder: FaceEncoder | None = None,
+        style_encoders: Mapping[str, FaceEncoder] | None = None,
+    ) -> None:
+        """`encoder` set: its answer is the codes (steps 0) or where `steps` of optimisation
+        start; else they start at w_avg. `style_encoders` map the faces straight into the one
+        model of `blends[style]` (pSp's toonify), without the FFHQ codes."""
+        self.face = face.eval().requires_grad_(False)
+        self.blends = blends
+        self.styles = styles
+        self.default_style = default_style
+        self.detector = detector
+        self.limits = limits
+        self.steps = steps
+        self.make_distance = make_distance
+        self.encoder = encoder
+        self.style_encoders = dict(style_encoders or {})
+        self.device = next(face.parameters()).device
+        w_stats(face)  # computed now rather than during the first request
+
+    @classmethod
+    def from_config(cls, config: ToonifierConfig) -> Toonifier:
+        """Load the FFHQ generator and every style, and blend every strength, once."""
+        device = resolve_device(config.models.device)
+        method = config.invert.method
+        steps = {
+            "optimize": config.invert.steps,
+            "encoder": 0,
+            "encoder+optimize": config.invert.refine_steps,
+        }[method]
+        # Before any generator loads, so a missing vgg16.pt fails fast; the encoder alone
+        # never measures a distance, so it needs no perceptual network.
+        make_distance = (
+            distance_factory(config.invert, config.models, device) if steps else pixel_distance
+        )
+        dtype = getattr(torch, config.models.dtype)
+        store = ModelStore(config.models.dir)
+        face = store.load(config.models.face, device)
+        encoder = None
+        if method != "optimize":
+            encoder = load_encoder(store.path(config.invert.encoder), device)
+            _check_fits(encoder, face, f"invert.encoder {config.invert.encoder!r}")
+        blends: dict[str, dict[int, Generator]] = {}
+        styles: dict[str, StyleInfo] = {}
+        style_encoders: dict[str, FaceEncoder] = {}
+        for name, style in config.styles.items():
+            if style.kind == "psp":
+                psp, decoder = load_psp_style(store.path(style.model), device)
+                _check_fits(psp, decoder, f"styles.{name}.model {style.model!r}")
+                style_encoders[name] = psp
+                full = decoder.resolution
+                blends[name] = {full: decoder.to(dtype).eval().requires_grad_(False)}
+                styles[name] = StyleInfo(name, style.label or name, [full], full)
+                continue
+            structure = store.load(style.model, device)
+            blends[name] = prepare_blends(
+                structure, face, style.strengths, style.blend_width, dtype
+            )
+            styles[name] = StyleInfo(
+                name, style.label or name, list(style.strengths), style.default_strength
+            )
+        return cls(
+            face=face,
+            blends=blends,
+            styles=styles,
+            default_style=config.style,
+            detector=make_detector(config.faces, str(device)),
+            limits=config.limits,
+            steps=steps,
+            make_distance=make_distance,
+            encoder=encoder,
+            style_encoders=style_encoders,
+        )
+
+    @property
+    def resolution(self) -> int:
+        return int(self.face.resolution)
+
+    def prepare(self, image: bytes) -> Prepared:
+        """Decode, detect and align; raises the typed errors of images.py and faces.py."""
+        timings: dict[str, float] = {}
+        with _timed(timings, "decode"):
+            photo = decode_image(image, self.limits)
+        with _timed(timings, "detect"):
+            detection = self.detector.detect(photo)
+        skipped = [s.reason for s in detection.skipped]
+        if not detection.faces:
+            raise NoFace(skipped)
+        with _timed(timings, "align"):
+            faces = [align_face(photo, f.landmarks, self.resolution) for f in detection.faces]
+        return Prepared(photo, faces, skipped, timings)
+
+    def invert(
+        self,
+        batch: Sequence[Prepared],
+        progress: ProgressFn | None = None,
+        should_stop: StopFn | None = None,
+    ) -> list[Latents]:
+        """All faces of all jobs in one optimisation; each face as if it were alone.
+
+        A face's seed is its index in its photo, so a job's result does not depend on the
+        batch it landed in. Adds the shared "invert" seconds to each job's timings.
+        """
+        start = time.perf_counter()
+        faces = [face for prepared in batch for face in prepared.faces]
+        seeds = [i for prepared in batch for i in range(len(prepared.faces))]
+        targets = to_tensor([face.image for face in faces], self.device)
+        encoded = None
+        if self.encoder is not None:
+            with torch.no_grad():
+                encoded = self.encoder(targets)
+        if encoded is not None and self.steps == 0:
+            found_ws = encoded.float().cpu()
+            if progress is not None:
+                progress("invert", 1, 1)
+        else:
+            found_ws = invert(
+                self.face,
+                self.make_distance(targets),
+                steps=self.steps,
+                seeds=seeds,
+                start=encoded,
+                progress=progress,
+                should_stop=should_stop,
+            ).ws
+        elapsed = time.perf_counter() - start
+        latents = []
+        for prepared, ws in zip(batch, found_ws.split([len(p.faces) for p in batch]), strict=True):
+            prepared.timings["invert"] = elapsed
+            latents.append(Latents(ws=ws.clone()))
+        return latents
+
+    def finish(
+        self,
+        prepared: Prepared,
+        latents: Latents,
+        style: str | None = None,
+        strength: int | None = None,
+    ) -> Result:
+        """Render the codes with the blended model and paste the toon faces back."""
+        result = self.render(prepared.photo, prepared.faces, latents, style, strength)
+        result.skipped = list(prepared.skipped)
+        result.timings = {**prepared.timings, **result.timings}
+        return result
+
+    def render(
+        self,
+        photo: Image.Image,
+        faces: Sequence[AlignedFace],
+        latents: Latents,
+        style: str | None = None,
+        strength: int | None = None,
+    ) -> Result:
+        """Re-render cached codes with any prepared style and strength: one generator pass.
+
+        A pSp style encodes the aligned faces into its own model instead (one more pass)."""
+        style, strength = self.pick(style, strength)
+        model = self.blends[style][strength]
+        timings: dict[str, float] = {}
+        with _timed(timings, "render"), torch.no_grad():
+            # ws stay float32 whatever the model's dtype: the generator modulates in float32.
+            ws = latents.ws
+            if style in self.style_encoders:
+                ws = self.style_encoders[style](to_tensor([f.image for f in faces], self.device))
+            images = model.synthesis(ws.to(self.device), noise_mode="const")
+            toons = to_images(images)
+        with _timed(timings, "paste"):
+            pasted = paste_back(
+                photo, [(toon, face.quad) for toon, face in zip(toons, faces, strict=True)]
+            )
+        return Result(pasted, toons, latents, style, strength, [], timings)
+
+    def toonify(
+        self,
+        image: bytes,
+        style: str | None = None,
+        strength: int | None = None,
+        progress: ProgressFn | None = None,
+        should_stop: StopFn | None = None,
+    ) -> Result:
+        """prepare + invert + finish in one call, reporting each stage to `progress`."""
+        self.pick(style, strength)
+        if progress is not None:
+            progress("detect", 0, 1)
+        prepared = self.prepare(image)
+        if progress is not None:
+            progress("detect", 1, 1)
+        (latents,) = self.invert([prepared], progress, should_stop)
+        if progress is not None:
+            progress("render", 0, 1)
+        result = self.finish(prepared, latents, style, strength)
+        if progress is not None:
+            progress("render", 1, 1)
+        return result
+
+    def pick(self, style: str | None, strength: int | None) -> tuple[str, int]:
+        """The style and strength to use: the defaults for None, a ValueError for unknown ones."""
+        name = style or self.default_style
+        info = self.styles.get(name)
+        if info is None:
+            raise ValueError(f"unknown style {name!r}; styles: {', '.join(self.styles)}")
+        chosen = info.default_strength if strength is None else strength
+        if chosen not in info.strengths:
+            raise ValueError(f"style {name!r} has strengths {info.strengths}, not {chosen}")
+        return name, chosen
+
+
+def _check_fits(encoder: FaceEncoder, generator: Generator, what: str) -> None:
+    """An encoder's codes only mean something to the generator it was trained with."""
+    if (encoder.num_ws, encoder.w_dim) != (generator.num_ws, generator.w_dim):
+        raise ValueError(
+            f"{what} gives {encoder.num_ws} codes of {encoder.w_dim}, but the generator takes "
+            f"{generator.num_ws} of {generator.w_dim}"
+        )
+
+
+def distance_factory(
+    settings: InvertSettings, models: ModelsSettings, device: torch.device
+) -> Callable[[torch.Tensor], Distance]:
+    """The configured loss, bound to targets per batch; loads vgg16.pt once for "perceptual"."""
+    if settings.loss == "pixel":
+        return pixel_distance
+    vgg = load_perceptual(models.dir / models.perceptual, device)
+    return lambda targets: perceptual_distance(vgg, targets)

@@ -1,0 +1,250 @@
+from __future__ import annotations
+
+import io
+import logging
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+from typer.testing import CliRunner
+
+from bots.cli import app
+from inference.align import align_face, ffhq_quad
+from inference.faces import (
+    DlibBackend,
+    FaceBackendError,
+    FaceDetector,
+    FanBackend,
+    SkipProblem,
+    fan_weight_urls,
+    make_backend,
+    make_detector,
+)
+from inference.images import decode_image
+from inference.settings import FacesSettings, LimitsSettings
+
+
+@pytest.fixture(scope="module")
+def dlib_backend() -> DlibBackend:
+    return DlibBackend()
+
+
+@pytest.fixture
+def detector(dlib_backend: DlibBackend) -> FaceDetector:
+    return FaceDetector(dlib_backend, max_faces=4, min_size=64)
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> Image.Image:
+    return Image.fromarray(data.astronaut())
+
+
+def key_points(landmarks: np.ndarray) -> np.ndarray:
+    """Eye centres and mouth corners: what FFHQ alignment is built from."""
+    eyes = [landmarks[36:42].mean(0), landmarks[42:48].mean(0)]
+    return np.stack([*eyes, landmarks[48], landmarks[54]])
+
+
+def two_faces(astronaut: Image.Image) -> Image.Image:
+    """The astronaut, and a smaller mirrored copy of her beside her."""
+    canvas = Image.new("RGB", (1000, 560), (128, 128, 128))
+    canvas.paste(astronaut, (0, 0))
+    small = astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((420, 420))
+    canvas.paste(small, (560, 120))
+    return canvas
+
+
+def test_astronaut_has_one_face(detector: FaceDetector, astronaut: Image.Image) -> None:
+    found = detector.detect(astronaut)
+    assert len(found.faces) == 1
+    assert found.skipped == []
+    face = found.faces[0]
+    assert face.landmarks.shape == (68, 2)
+    x0, y0, x1, y1 = face.box
+    left_eye, right_eye, mouth_left, mouth_right = key_points(face.landmarks)
+    for x, y in (left_eye, right_eye, mouth_left, mouth_right):
+        assert x0 <= x <= x1 and y0 <= y <= y1
+    # Her face is around (225, 125) in the photo, eyes above the mouth, left eye on the left.
+    assert abs((x0 + x1) / 2 - 225) < 30 and abs((y0 + y1) / 2 - 125) < 30
+    assert left_eye[0] < right_eye[0] and left_eye[1] < mouth_left[1]
+    assert 70 < face.width < 140
+
+
+@pytest.mark.parametrize("size", [256, 512])
+def test_aligned_crop_puts_eyes_and_mouth_where_ffhq_does(
+    detector: FaceDetector, astronaut: Image.Image, size: int
+) -> None:
+    face = detector.detect(astronaut).faces[0]
+    aligned = align_face(astronaut, face.landmarks, size)
+    again = detector.detect(aligned.image).faces
+    assert len(again) == 1
+    tolerance = 3.0 * size / 256
+    # Where the alignment transform sends the photo's eye centres and mouth corners...
+    expected = aligned.to_crop(key_points(face.landmarks))
+    assert np.abs(key_points(again[0].landmarks) - expected).max() < tolerance
+    # ...and FFHQ's fixed point: aligning the aligned crop again frames the crop itself.
+    corners = np.array([[0, 0], [0, size], [size, size], [size, 0]]) - 0.5
+    assert np.abs(ffhq_quad(again[0].landmarks) - corners).max() < tolerance
+
+
+def test_two_faces_largest_first(detector: FaceDetector, astronaut: Image.Image) -> None:
+    found = detector.detect(two_faces(astronaut))
+    assert len(found.faces) == 2
+    big, small = found.faces
+    assert big.width > small.width
+    assert big.box[0] < 400 < small.box[0]
+
+
+def test_limits_skip_faces_with_reasons(dlib_backend: DlibBackend, astronaut: Image.Image) -> None:
+    photo = two_faces(astronaut)
+    one = FaceDetector(dlib_backend, max_faces=1, min_size=64).detect(photo)
+    assert [f.box[0] < 400 for f in one.faces] == [True]
+    assert [s.problem for s in one.skipped] == [SkipProblem.TOO_MANY]
+    assert "largest" in one.skipped[0].reason
+
+    picky = FaceDetector(dlib_backend, max_faces=4, min_size=85).detect(photo)
+    assert len(picky.faces) == 1
+    assert [s.problem for s in picky.skipped] == [SkipProblem.TOO_SMALL]
+    assert "too small" in picky.skipped[0].reason
+
+
+def test_cat_has_no_face(detector: FaceDetector) -> None:
+    found = detector.detect(Image.fromarray(data.chelsea()))
+    assert found.faces == [] and found.skipped == []
+
+
+def test_large_photo_is_detected_on_a_smaller_copy(
+    detector: FaceDetector, astronaut: Image.Image
+) -> None:
+    small = detector.detect(astronaut).faces[0]
+    big = detector.detect(astronaut.resize((3000, 3000), Image.Resampling.LANCZOS)).faces
+    assert len(big) == 1
+    factor = 3000 / 512
+    assert np.abs(np.array(big[0].box) / factor - np.array(small.box)).max() < 12
+    assert np.abs(key_points(big[0].landmarks) / factor - key_points(small.landmarks)).max() < 3
+
+
+def test_face_turned_by_exif_is_found_after_decoding(
+    detector: FaceDetector, astronaut: Image.Image
+) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored turned clockwise: "rotate 90 degrees anticlockwise to display"
+    out = io.BytesIO()
+    astronaut.transpose(Image.Transpose.ROTATE_270).save(out, "JPEG", quality=92, exif=exif)
+    stored = Image.open(io.BytesIO(out.getvalue())).convert("RGB")
+    assert detector.detect(stored).faces == []  # as the file stores it, the HOG sees no face
+    photo = decode_image(out.getvalue(), LimitsSettings())
+    assert len(detector.detect(photo).faces) == 1
+
+
+def test_dlib_is_chosen_by_name() -> None:
+    detector = make_detector(FacesSettings(backend="dlib", max_faces=2, min_size=80))
+    assert isinstance(detector.backend, DlibBackend)
+    assert (detector.max_faces, detector.min_size) == (2, 80)
+
+
+@pytest.fixture
+def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch hub, and every proxy pointed at a closed port on 127.0.0.1.
+
+    Downloads then fail at once, and nothing leaves the machine.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
+        monkeypatch.setenv(name.upper(), f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def test_auto_falls_back_to_dlib_without_weights(
+    offline: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="inference.faces"):
+        detector = make_detector(FacesSettings(backend="auto"))
+    assert isinstance(detector.backend, DlibBackend)
+    assert "face-alignment is unavailable" in caplog.text
+    assert "face backend: dlib" in caplog.text
+    assert not offline.exists() or list(offline.iterdir()) == []  # no partial file left
+
+
+def test_face_alignment_without_weights_says_why(offline: Path) -> None:
+    with pytest.raises(FaceBackendError) as info:
+        make_backend("face-alignment", "cpu")
+    message = str(info.value)
+    assert str(offline) in message
+    assert "could not be downloaded" in message
+    assert 'faces.backend = "dlib"' in message
+
+
+def test_face_alignment_loads_from_the_hub_cache(offline: Path) -> None:
+    """Untrained weights in the cache stand in for the real ones (no download here).
+
+    Only detection runs: FAN's landmark pass takes over ten seconds on a CI CPU.
+    """
+    import torch
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+    from face_alignment.models import FAN
+
+    offline.mkdir(parents=True)
+    fan_url, sfd_url = fan_weight_urls()
+    torch.manual_seed(0)
+    torch.save(FAN(4).state_dict(), offline / Path(urlparse(fan_url).path).name)
+    torch.save(s3fd().state_dict(), offline / Path(urlparse(sfd_url).path).name)
+
+    backend = make_backend("auto", "cpu")
+    assert isinstance(backend, FanBackend)
+    assert backend.device == "cpu"
+    image = np.asarray(Image.fromarray(data.astronaut()).resize((96, 96)))
+    found = backend.boxes(image)
+    assert found
+    for (x0, y0, x1, y1), score in found:
+        assert -96 < x0 < x1 < 192 and -96 < y0 < y1 < 192
+        assert 0.0 <= score <= 1.0
+
+
+def test_faces_command_draws_and_writes_crops(tmp_path: Path, astronaut: Image.Image) -> None:
+    photo = tmp_path / "astronaut.jpg"
+    astronaut.save(photo, quality=95)
+    out = tmp_path / "out" / "seen.jpg"
+    args = ["faces", str(photo), "-o", str(out), "--backend", "dlib", "--size", "64"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "out" / "seen-face1.png").size == (64, 64)
+    assert not (tmp_path / "out" / "seen-face2.png").exists()
+    drawn = np.asarray(Image.open(out).convert("RGB"), float)
+    assert drawn.shape == (512, 512, 3)
+    # The face's box and landmarks are drawn over it; the far corner is the photo.
+    assert (
+        np.abs(drawn[70:180, 170:280] - np.asarray(astronaut, float)[70:180, 170:280]).max() > 100
+    )
+    assert np.abs(drawn[480:, :30] - np.asarray(astronaut, float)[480:, :30]).mean() < 5
+    assert "backend: dlib" in result.output
+
+
+def test_faces_command_refuses_what_is_not_a_photo(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a selfie\n")
+    result = CliRunner().invoke(app, ["faces", str(text), "-o", str(tmp_path / "x.jpg")])
+    assert result.exit_code == 1
+    assert "not an image" in result.output
+    assert not (tmp_path / "x.jpg").exists()
+
+
+def test_bench_faces_measures_the_backends_that_load(
+    offline: Path, tmp_path: Path, astronaut: Image.Image
+) -> None:
+    photo = tmp_path / "astronaut.png"
+    astronaut.save(photo)
+    args = ["bench", "faces", str(photo), "--runs", "1", "--size", "64"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "astronaut.png" in line)
+    assert "dlib (cpu)" in row and " ms " in row
+    assert "face-alignment is unavailable" in result.output
