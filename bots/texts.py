@@ -134,7 +134,7 @@ def group_quota_set(daily: int | str) -> str:
 def stats(usage: UsageStats) -> str:
     lines = [
         f"Today: {usage.today.toons} toons by {usage.today.users} users, "
-        f"{usage.today.failed} failed, {usage.today.rerenders} re-renders.",
+        f"{usage.today.failed} failed.",
         f"7 days: {usage.last_7_days.toons} toons by {usage.last_7_days.users} users.",
     ]
     if usage.top_users:
