@@ -105,6 +105,18 @@ def caption_asks_bot(message: Message, username: str) -> bool:
     return False
 
 
+async def answer(query: CallbackQuery, alert: str | None = None) -> None:
+    """Stop the button's spinner (with an alert to read, if any).
+
+    Telegram refuses answers to presses older than a few seconds (say, queued while the bot
+    was down); the press itself is still worth acting on.
+    """
+    try:
+        await query.answer(alert, show_alert=alert is not None)
+    except BadRequest as exc:
+        log.info("button press not answered: %s", exc)
+
+
 class TelegramBot:
     """The Telegram side of the bot: build with the config and the service, then start/stop."""
 
@@ -272,26 +284,26 @@ class TelegramBot:
         elif kind == RERENDER:
             await self._on_rerender_button(query, rest)
         else:
-            await query.answer()
+            await answer(query)
 
     async def _on_forget_button(self, query: CallbackQuery, rest: str) -> None:
-        answer, _, owner = rest.partition(SEP)
+        choice, _, owner = rest.partition(SEP)
         if str(query.from_user.id) != owner:
-            await query.answer(texts.NOT_YOUR_BUTTON, show_alert=True)
+            await answer(query, texts.NOT_YOUR_BUTTON)
             return
-        await query.answer()
-        if answer == "yes":
+        await answer(query)
+        if choice == "yes":
             chat = query.message.chat if query.message else None
             await self._service.forget(self._requester(query.from_user, chat))
-        await query.edit_message_text(texts.FORGOTTEN if answer == "yes" else texts.FORGET_KEPT)
+        await query.edit_message_text(texts.FORGOTTEN if choice == "yes" else texts.FORGET_KEPT)
 
     async def _on_rerender_button(self, query: CallbackQuery, rest: str) -> None:
         """Answer the press at once; the new toon replaces the old one when it is drawn."""
         message = query.message
         if not isinstance(message, Message):
-            await query.answer(texts.EXPIRED, show_alert=True)
+            await answer(query, texts.EXPIRED)
             return
-        await query.answer()
+        await answer(query)
         result_id, _, change = rest.partition(SEP)
         who = self._requester(query.from_user, message.chat)
         actions = self._chat_actions(message.chat_id)

@@ -295,16 +295,32 @@ async def test_forget_asks_first(
     ada, bob = fake_telegram.user(ADA), fake_telegram.user(BOB)
     chat = fake_telegram.private_chat(ada)
     async with running(fake_telegram, tmp_path, toonifier):
+        fresh = await ask(fake_telegram, chat, ada, "/quota")
+        photo = fake_telegram.push_message(chat, ada, photo=fake_telegram.add_file(SELFIE))
+        await fake_telegram.wait_for("sendPhoto", replies_to(photo), within=30)
+        assert (await ask(fake_telegram, chat, ada, "/quota")).params["text"] != fresh.params[
+            "text"
+        ]
         question = await ask(fake_telegram, chat, ada, "/forget")
         assert question.params["text"] == texts.FORGET_CONFIRM
         yes, _no = buttons(question)
         fake_telegram.push_callback(bob, question.result, yes["callback_data"])
-        await fake_telegram.wait_for("answerCallbackQuery")
-        assert not fake_telegram.calls_of("editMessageText")
+        refused = await fake_telegram.wait_for("answerCallbackQuery")
         fake_telegram.push_callback(ada, question.result, yes["callback_data"])
-        done = await fake_telegram.wait_for("editMessageText")
+        asked = question.result["message_id"]
+        done = await fake_telegram.wait_for(
+            "editMessageText", lambda c: c.params["message_id"] == asked
+        )
+        after = await ask(fake_telegram, chat, ada, "/quota")
     assert done.params["text"] == texts.FORGOTTEN
-    assert fake_telegram.calls_of("answerCallbackQuery")[0].params["show_alert"] is True
+    assert after.params["text"] == fresh.params["text"]
+    assert refused.params["show_alert"] is True
+    assert refused.params["text"] == texts.NOT_YOUR_BUTTON
+    # Bob's press changed nothing: the only edit of the question is Ada's.
+    edits = [
+        c for c in fake_telegram.calls_of("editMessageText") if c.params["message_id"] == asked
+    ]
+    assert edits == [done]
 
 
 async def test_flood_control_is_waited_out(
@@ -395,3 +411,19 @@ async def test_huge_toon_is_scaled_to_what_telegram_accepts(
     sent = await fake_telegram.wait_for("sendPhoto", replies_to(photo))
     with Image.open(io.BytesIO(sent.files["photo"].data)) as delivered:
         assert max(delivered.size) == 2560
+
+
+async def test_a_press_too_old_to_answer_still_rerenders(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.private_chat(ada)
+    async with running(fake_telegram, tmp_path, toonifier):
+        photo = fake_telegram.push_message(chat, ada, photo=fake_telegram.add_file(SELFIE))
+        toon = await fake_telegram.wait_for("sendPhoto", replies_to(photo), within=30)
+        fake_telegram.fail_next("answerCallbackQuery", code=400)
+        less = next(b for b in buttons(toon) if b["text"] == texts.LESS_TOON)
+        fake_telegram.push_callback(ada, toon.result, less["callback_data"])
+        edit = await fake_telegram.wait_for("editMessageMedia", within=30)
+    assert edit.params["message_id"] == toon.result["message_id"]
+    assert fake_telegram.calls_of("answerCallbackQuery")[0].status == 400
