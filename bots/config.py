@@ -52,6 +52,12 @@ class TelegramSettings(_Section):
     webhook_port: int = Field(8443, ge=1, le=65535)
     webhook_secret: SecretStr | None = None
 
+    @model_validator(mode="after")
+    def _webhook_needs_url(self) -> TelegramSettings:
+        if self.mode == "webhook" and not self.webhook_url:
+            raise ValueError("mode = 'webhook' needs webhook_url (the public HTTPS address)")
+        return self
+
 
 class DiscordSettings(_Section):
     enabled: bool = False

@@ -134,7 +134,7 @@ def group_quota_set(daily: int | str) -> str:
 def stats(usage: UsageStats) -> str:
     lines = [
         f"Today: {usage.today.toons} toons by {usage.today.users} users, "
-        f"{usage.today.failed} failed, {usage.today.rerenders} re-renders.",
+        f"{usage.today.failed} failed.",
         f"7 days: {usage.last_7_days.toons} toons by {usage.last_7_days.users} users.",
     ]
     if usage.top_users:
@@ -143,10 +143,33 @@ def stats(usage: UsageStats) -> str:
     return "\n".join(lines)
 
 
-# ---- Discord (bots/discord_bot.py): commands, buttons and prompts -------------------------
+# ---- chat adapters: buttons, commands and prompts -----------------------------------------
 
 LESS_TOON = "Less toon"
 MORE_TOON = "More toon"
+FACES_ONLY = "Faces only"
+WHOLE_PHOTO = "Whole photo"
+FORGET_YES = "Yes, delete"
+FORGET_NO = "No, keep"
+FORGET_KEPT = "OK, nothing was deleted."
+NOT_YOUR_BUTTON = "Only the person who asked can answer this."
+SEND_A_PHOTO = "Send me a photo with a face in it (as a photo or as an image file)."
+HOW_IN_GROUPS = (
+    "Reply to a photo with /toonify, or send a photo with /toonify (or a mention of me) "
+    "in its caption."
+)
+
+# Command menu: (command, description), in the order the menu shows them.
+COMMANDS = (
+    ("toonify", "Toonify a photo (reply to it, or put this in its caption)"),
+    ("quota", "How many toons you have left today"),
+    ("forget", "Delete everything the bot knows about you"),
+    ("help", "What this bot does, and its privacy promise"),
+)
+
+
+# ---- Discord (bots/discord_bot.py): commands, buttons and prompts -------------------------
+
 DISCORD_DELETE = "Delete"
 DISCORD_STYLE_PLACEHOLDER = "Try another style"
 DISCORD_HELP = (

@@ -7,6 +7,9 @@ import os
 from collections.abc import Iterator
 
 import pytest
+import torch
+
+pytest_plugins = ["tests.fakes.telegram"]
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +30,12 @@ def _restore_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models are fastest on one thread; two spin against each other on a busy CI box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,252 @@
+"""How one request answers on Telegram: status message, chat actions, the toon and its buttons.
+
+The service drives these through its `Reply` protocol; everything here is about which Telegram
+message to send or edit, so the service never learns a message id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+
+from PIL import Image
+from telegram import (
+    Bot,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputMediaPhoto,
+    ReplyParameters,
+)
+from telegram.constants import ChatAction, FileSizeLimit, InlineKeyboardButtonLimit
+from telegram.error import BadRequest, TelegramError
+
+from bots import texts
+from bots.service import RefusalKind, Refused, Toon
+
+log = logging.getLogger(__name__)
+
+# Telegram shows a chat action for 5 s or until the next message; renew it a little sooner.
+CHAT_ACTION_EVERY = 4.0
+SEP = "|"
+# sendPhoto refuses photos over 10 MB or whose width + height exceed 10000 px, and Telegram
+# shows none larger than 2560 px anyway.
+MAX_PHOTO_SIDES = 10_000
+SHOWN_SIDE = 2560
+JPEG_QUALITY = 90
+RERENDER = "r"
+FORGET = "f"
+
+
+def rerender_data(result_id: str, change: str) -> str:
+    return SEP.join((RERENDER, result_id, change))
+
+
+def forget_data(answer: str, user_id: int) -> str:
+    return SEP.join((FORGET, answer, str(user_id)))
+
+
+def toon_keyboard(toon: Toon) -> InlineKeyboardMarkup | None:
+    """Less/More toon, one button per other style, Faces only (or back to the whole photo)."""
+    strength = []
+    if toon.can_less:
+        strength.append((texts.LESS_TOON, "less"))
+    if toon.can_more:
+        strength.append((texts.MORE_TOON, "more"))
+    styles = [(label, f"style:{name}") for name, label in toon.styles if name != toon.style]
+    view = [(texts.WHOLE_PHOTO, "photo") if toon.faces_only else (texts.FACES_ONLY, "faces")]
+    rows = []
+    for row in (strength, styles, view):
+        buttons = [
+            InlineKeyboardButton(label, callback_data=rerender_data(toon.result_id, change))
+            for label, change in row
+            if _fits(rerender_data(toon.result_id, change))
+        ]
+        if buttons:
+            rows.append(buttons)
+    return InlineKeyboardMarkup(rows) if rows else None
+
+
+def _fits(data: str) -> bool:
+    if len(data.encode()) <= InlineKeyboardButtonLimit.MAX_CALLBACK_DATA:
+        return True
+    log.warning("callback data over Telegram's 64 bytes, button left out: %s", data)
+    return False
+
+
+def fit_photo(image: bytes) -> bytes:
+    """The toon as Telegram accepts a photo: scaled to the size it shows when it is too big."""
+    if len(image) <= FileSizeLimit.PHOTOSIZE_UPLOAD:
+        with Image.open(io.BytesIO(image)) as probe:
+            if sum(probe.size) <= MAX_PHOTO_SIDES:
+                return image
+    with Image.open(io.BytesIO(image)) as photo:
+        smaller = photo.convert("RGB")
+    smaller.thumbnail((SHOWN_SIDE, SHOWN_SIDE), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    smaller.save(out, "JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
+
+
+async def _photo(toon: Toon) -> io.BytesIO:
+    return io.BytesIO(await asyncio.to_thread(fit_photo, toon.image))
+
+
+def _not_modified(error: BadRequest) -> bool:
+    return "not modified" in error.message.lower()
+
+
+class ChatActions:
+    """Keeps "sending a photo…" showing in a chat until stopped; failures only cost the hint."""
+
+    def __init__(self, bot: Bot, chat_id: int, tasks: set[asyncio.Task[None]]) -> None:
+        self._bot = bot
+        self._chat_id = chat_id
+        self._tasks = tasks
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"chat-action-{self._chat_id}")
+            self._tasks.add(self._task)
+            self._task.add_done_callback(self._tasks.discard)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._bot.send_chat_action(self._chat_id, ChatAction.UPLOAD_PHOTO)
+            except TelegramError as exc:
+                log.debug("chat action failed: %s", exc)
+            await asyncio.sleep(CHAT_ACTION_EVERY)
+
+
+class StatusReply:
+    """A new request: a status message (sent on first news, then edited), then the toon.
+
+    The toon and any refusal reply to the photo; the status message is deleted once the toon
+    is there, so the chat keeps only the photo and its toon. Progress waits for the ticket
+    ("Found 2 faces, you're #2 in line") so that it is always the first status shown; a job
+    resumed after a restart has no ticket and is created `ticketed`.
+    """
+
+    def __init__(
+        self,
+        bot: Bot,
+        chat_id: int,
+        photo_id: int,
+        actions: ChatActions,
+        *,
+        ticketed: bool = False,
+    ) -> None:
+        self._bot = bot
+        self._chat_id = chat_id
+        self._photo_id = photo_id
+        self._actions = actions
+        self._ticketed = ticketed
+        self._status_id: int | None = None
+        self._finished = False
+        self._lock = asyncio.Lock()
+
+    def working(self) -> None:
+        """Show a chat action until the toon or a refusal is sent."""
+        if not self._finished:
+            self._actions.start()
+
+    async def progress(self, text: str) -> None:
+        async with self._lock:
+            if self._finished or not self._ticketed:
+                return
+            self.working()
+            try:
+                await self._show(text)
+            except TelegramError as exc:
+                log.warning("status update failed: %s", exc)
+
+    async def queued(self, text: str) -> None:
+        """The ticket's text, the first status; progress edits it from then on."""
+        async with self._lock:
+            self._ticketed = True
+            if not self._finished:
+                await self._show(text)
+
+    async def deliver(self, toon: Toon) -> None:
+        async with self._lock:
+            self._finish()
+            await self._bot.send_photo(
+                self._chat_id,
+                await _photo(toon),
+                filename=toon.filename,
+                caption=toon.caption,
+                reply_markup=toon_keyboard(toon),
+                reply_parameters=self._to_photo(),
+            )
+            if self._status_id is not None:
+                with contextlib.suppress(BadRequest):
+                    await self._bot.delete_message(self._chat_id, self._status_id)
+
+    async def fail(self, error: Refused) -> None:
+        async with self._lock:
+            self._finish()
+            await self._show(error.text)
+
+    def _finish(self) -> None:
+        self._finished = True
+        self._actions.stop()
+
+    def _to_photo(self) -> ReplyParameters:
+        return ReplyParameters(self._photo_id, allow_sending_without_reply=True)
+
+    async def _show(self, text: str) -> None:
+        """Edit the status message; send one when there is none yet or it was deleted."""
+        if self._status_id is not None:
+            try:
+                await self._bot.edit_message_text(
+                    text, chat_id=self._chat_id, message_id=self._status_id
+                )
+                return
+            except BadRequest as exc:
+                if _not_modified(exc):
+                    return
+                log.info("status message gone, sending a new one: %s", exc)
+        sent = await self._bot.send_message(self._chat_id, text, reply_parameters=self._to_photo())
+        self._status_id = sent.message_id
+
+
+class RerenderReply:
+    """A button press: the toon message's photo, caption and buttons are replaced in place."""
+
+    def __init__(self, bot: Bot, chat_id: int, toon_id: int, actions: ChatActions) -> None:
+        self._bot = bot
+        self._chat_id = chat_id
+        self._toon_id = toon_id
+        self._actions = actions
+
+    async def progress(self, text: str) -> None:
+        self._actions.start()
+
+    async def deliver(self, toon: Toon) -> None:
+        self._actions.stop()
+        photo = await _photo(toon)
+        await self._bot.edit_message_media(
+            InputMediaPhoto(photo, caption=toon.caption, filename=toon.filename),
+            chat_id=self._chat_id,
+            message_id=self._toon_id,
+            reply_markup=toon_keyboard(toon),
+        )
+
+    async def fail(self, error: Refused) -> None:
+        """Say why under the toon; buttons whose latents are gone are taken away."""
+        self._actions.stop()
+        if error.kind == RefusalKind.EXPIRED:
+            with contextlib.suppress(BadRequest):
+                await self._bot.edit_message_reply_markup(self._chat_id, self._toon_id)
+        await self._bot.send_message(
+            self._chat_id,
+            error.text,
+            reply_parameters=ReplyParameters(self._toon_id, allow_sending_without_reply=True),
+        )

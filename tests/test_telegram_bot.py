@@ -1,0 +1,429 @@
+"""The Telegram adapter: the real python-telegram-bot against the fake Bot API server, on a
+whole running application with tiny models (tests/service_fixtures.py)."""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from PIL import Image
+
+from bots import texts
+from bots.config import Settings
+from bots.service import Toon, ToonService
+from bots.telegram_bot import TelegramBot
+from inference.pipeline import Toonifier
+from tests.fakes.telegram import Call, FakeTelegram, buttons
+from tests.service_fixtures import cat_jpeg, face_jpeg, settings, tiny_app
+
+ADMIN = 1
+ADA = 7
+BOB = 8
+
+SELFIE = face_jpeg()
+CAT = cat_jpeg()
+
+
+@pytest.fixture(scope="module")
+def toonifier(tmp_path_factory: pytest.TempPathFactory) -> Toonifier:
+    """Tiny models loaded once for the module; every test still gets its own app."""
+    return Toonifier.from_config(settings(tmp_path_factory.mktemp("models")))
+
+
+@asynccontextmanager
+async def running(
+    fake: FakeTelegram,
+    tmp_path: Path,
+    toonifier: Toonifier,
+    telegram: dict[str, Any] | None = None,
+    **sections: dict[str, Any],
+) -> AsyncIterator[TelegramBot]:
+    """The whole app with the Telegram adapter talking to `fake`."""
+    adapters: list[TelegramBot] = []
+
+    def telegram_only(config: Settings, service: ToonService) -> list[Any]:
+        adapters.append(TelegramBot(config.telegram, service))
+        return list(adapters)
+
+    config = {
+        "enabled": True,
+        "token": fake.token,
+        "admins": [ADMIN],
+        "api_base_url": fake.base_url,
+        "file_base_url": fake.base_file_url,
+        **(telegram or {}),
+    }
+    async with tiny_app(
+        tmp_path, adapters=telegram_only, toonifier=toonifier, telegram=config, **sections
+    ):
+        yield adapters[0]
+
+
+def replies_to(message: dict[str, Any]) -> Any:
+    def check(call: Call) -> bool:
+        return (call.params.get("reply_parameters") or {}).get("message_id") == message[
+            "message_id"
+        ]
+
+    return check
+
+
+async def ask(fake: FakeTelegram, chat: dict[str, Any], user: dict[str, Any], text: str) -> Call:
+    """Send a text message; the bot's next message in that chat."""
+    mark = fake.mark()
+    fake.push_message(chat, user, text=text)
+    return await fake.wait_for(
+        "sendMessage", lambda c: c.params["chat_id"] == chat["id"], after=mark
+    )
+
+
+def labels(call: Call) -> list[str]:
+    return [button["text"] for button in buttons(call)]
+
+
+async def test_private_photo_gets_a_toon_with_buttons(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.private_chat(ada)
+    async with running(fake_telegram, tmp_path, toonifier):
+        photo = fake_telegram.push_message(chat, ada, photo=fake_telegram.add_file(SELFIE))
+        toon = await fake_telegram.wait_for("sendPhoto", replies_to(photo), within=30)
+    status = await fake_telegram.wait_for("sendMessage", replies_to(photo))
+    assert status.params["text"].startswith("Found 1 face")
+    assert toon.files["photo"].data[:2] == b"\xff\xd8"
+    assert toon.files["photo"].filename.endswith(".jpg")
+    assert texts.LESS_TOON in labels(toon) and texts.MORE_TOON in labels(toon)
+    assert texts.FACES_ONLY in labels(toon)
+    # The largest size was downloaded, not the thumbnail Telegram lists first.
+    download = fake_telegram.calls_of("download")[0]
+    assert (
+        download.params["file_path"] == fake_telegram.files[photo["photo"][-1]["file_id"]].file_path
+    )
+    assert fake_telegram.calls_of("sendChatAction")
+    # The status message made way for the toon.
+    deleted = fake_telegram.calls_of("deleteMessage")
+    assert [c.params["message_id"] for c in deleted] == [status.result["message_id"]]
+
+
+async def test_command_menu_is_registered(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    async with running(fake_telegram, tmp_path, toonifier):
+        pass
+    assert [c["command"] for c in fake_telegram.commands] == [c for c, _ in texts.COMMANDS]
+
+
+async def test_image_document_gets_a_toon(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.private_chat(ada)
+    image = fake_telegram.add_file(SELFIE, mime_type="image/jpeg", file_name="me.jpg")
+    async with running(fake_telegram, tmp_path, toonifier):
+        sent = fake_telegram.push_message(chat, ada, document=image)
+        await fake_telegram.wait_for("sendPhoto", replies_to(sent), within=30)
+
+
+async def test_not_an_image_is_refused_before_download(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.private_chat(ada)
+    pdf = fake_telegram.add_file(b"%PDF-1.7", mime_type="application/pdf", file_name="cv.pdf")
+    async with running(fake_telegram, tmp_path, toonifier):
+        sent = fake_telegram.push_message(chat, ada, document=pdf)
+        answer = await fake_telegram.wait_for("sendMessage", replies_to(sent))
+    assert answer.params["text"] == texts.NOT_IMAGE
+    assert not fake_telegram.calls_of("getFile", "download")
+
+
+async def test_video_is_not_an_image(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.private_chat(ada)
+    video = {"file_id": "v1", "file_unique_id": "v1", "width": 8, "height": 8, "duration": 1}
+    async with running(fake_telegram, tmp_path, toonifier):
+        sent = fake_telegram.push_message(chat, ada, video=video)
+        answer = await fake_telegram.wait_for("sendMessage", replies_to(sent))
+    assert answer.params["text"] == texts.NOT_IMAGE
+
+
+async def test_file_over_the_limit_is_refused_before_download(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.private_chat(ada)
+    huge = fake_telegram.add_file(SELFIE, file_size=30_000_000)
+    async with running(fake_telegram, tmp_path, toonifier):
+        sent = fake_telegram.push_message(chat, ada, photo=huge)
+        answer = await fake_telegram.wait_for("sendMessage", replies_to(sent))
+    assert answer.params["text"] == texts.too_large(20_000_000)
+    assert not fake_telegram.calls_of("getFile", "download")
+
+
+async def test_cat_has_no_face_and_costs_nothing(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.private_chat(ada)
+    async with running(fake_telegram, tmp_path, toonifier):
+        quota_before = await ask(fake_telegram, chat, ada, "/quota")
+        cat = fake_telegram.push_message(chat, ada, photo=fake_telegram.add_file(CAT))
+        answer = await fake_telegram.wait_for("sendMessage", replies_to(cat), within=30)
+        quota_after = await ask(fake_telegram, chat, ada, "/quota")
+    assert answer.params["text"].startswith(texts.NO_FACE)
+    assert not fake_telegram.calls_of("sendPhoto")
+    assert quota_after.params["text"] == quota_before.params["text"]
+
+
+async def test_quota_used_up_is_said(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.private_chat(ada)
+    selfie = fake_telegram.add_file(SELFIE)
+    async with running(fake_telegram, tmp_path, toonifier, quota={"daily": 1}):
+        first = fake_telegram.push_message(chat, ada, photo=selfie)
+        await fake_telegram.wait_for("sendPhoto", replies_to(first), within=30)
+        second = fake_telegram.push_message(chat, ada, photo=selfie)
+        answer = await fake_telegram.wait_for("sendMessage", replies_to(second))
+    assert "used all your toons" in answer.params["text"]
+    assert len(fake_telegram.calls_of("sendPhoto")) == 1
+
+
+async def test_button_press_rerenders_in_place(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.private_chat(ada)
+    async with running(fake_telegram, tmp_path, toonifier):
+        photo = fake_telegram.push_message(chat, ada, photo=fake_telegram.add_file(SELFIE))
+        toon = await fake_telegram.wait_for("sendPhoto", replies_to(photo), within=30)
+        more = next(b for b in buttons(toon) if b["text"] == texts.MORE_TOON)
+        query = fake_telegram.push_callback(ada, toon.result, more["callback_data"])
+        answer = await fake_telegram.wait_for("answerCallbackQuery")
+        edit = await fake_telegram.wait_for("editMessageMedia", within=30)
+    assert answer.params["callback_query_id"] == query
+    assert answer.at <= edit.at
+    assert edit.params["message_id"] == toon.result["message_id"]
+    assert edit.params["media"]["type"] == "photo"
+    assert next(iter(edit.files.values())).data[:2] == b"\xff\xd8"
+    assert edit.params["media"]["caption"] != toon.params["caption"]
+    assert texts.MORE_TOON in labels(edit) or texts.LESS_TOON in labels(edit)
+
+
+async def test_expired_buttons_say_so(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.private_chat(ada)
+    old_toon = fake_telegram.push_message(chat, fake_telegram.bot_user, caption="Toon")
+    async with running(fake_telegram, tmp_path, toonifier):
+        fake_telegram.push_callback(ada, old_toon, "r|0123456789|more")
+        await fake_telegram.wait_for("answerCallbackQuery")
+        said = await fake_telegram.wait_for("sendMessage", replies_to(old_toon))
+        stripped = await fake_telegram.wait_for("editMessageReplyMarkup")
+    assert said.params["text"] == texts.EXPIRED
+    assert "reply_markup" not in stripped.params
+
+
+async def test_group_photos_need_an_explicit_request(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada, bob, cid = fake_telegram.user(ADA), fake_telegram.user(BOB), fake_telegram.user(9)
+    group = fake_telegram.group_chat()
+    selfie = fake_telegram.add_file(SELFIE)
+    async with running(fake_telegram, tmp_path, toonifier):
+        plain = fake_telegram.push_message(group, ada, photo=selfie, caption="look at us")
+        other_bot = fake_telegram.push_message(group, ada, photo=selfie, caption="/toonify@other")
+        command = fake_telegram.push_message(group, ada, photo=selfie, caption="/toonify")
+        await fake_telegram.wait_for("sendPhoto", replies_to(command), within=30)
+        mention = fake_telegram.push_message(
+            group, bob, photo=selfie, caption="@toonify_test_bot do me"
+        )
+        await fake_telegram.wait_for("sendPhoto", replies_to(mention), within=30)
+        bare = fake_telegram.push_message(group, cid, text="/toonify")
+        how = await fake_telegram.wait_for("sendMessage", replies_to(bare))
+        asked_under = time.monotonic()
+        fake_telegram.push_message(group, cid, text="/toonify", reply_to=plain)
+        await fake_telegram.wait_for("sendPhoto", replies_to(plain), within=30)
+    assert how.params["text"] == texts.HOW_IN_GROUPS
+    # The plain photo was answered only once /toonify replied to it; the other bot's never.
+    assert all(c.at >= asked_under for c in fake_telegram.calls if replies_to(plain)(c))
+    assert not [c for c in fake_telegram.calls if replies_to(other_bot)(c)]
+
+
+async def test_admin_commands_are_refused_to_others(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada, admin = fake_telegram.user(ADA), fake_telegram.user(ADMIN, "Root")
+    ada_chat, admin_chat = fake_telegram.private_chat(ada), fake_telegram.private_chat(admin)
+    async with running(fake_telegram, tmp_path, toonifier):
+        for text in ("/admin ban 8", "/admin quota 7 100", "/admin stats", "/admin"):
+            answer = await ask(fake_telegram, ada_chat, ada, text)
+            assert answer.params["text"] == texts.NOT_ADMIN
+        first = fake_telegram.push_message(ada_chat, ada, photo=fake_telegram.add_file(SELFIE))
+        await fake_telegram.wait_for("sendPhoto", replies_to(first), within=30)
+
+        usage = await ask(fake_telegram, admin_chat, admin, "/admin frobnicate")
+        assert usage.params["text"] == texts.ADMIN_USAGE
+        bad = await ask(fake_telegram, admin_chat, admin, "/admin quota 7 lots")
+        assert "lots" in bad.params["text"]
+        banned = await ask(fake_telegram, admin_chat, admin, "/admin ban 7")
+        assert "banned" in banned.params["text"]
+        again = fake_telegram.push_message(ada_chat, ada, photo=fake_telegram.add_file(SELFIE))
+        refused = await fake_telegram.wait_for("sendMessage", replies_to(again))
+        assert refused.params["text"] == texts.BANNED
+        unbanned = await ask(fake_telegram, admin_chat, admin, "/admin unban 7")
+        assert "active" in unbanned.params["text"]
+        stats = await ask(fake_telegram, admin_chat, admin, "/admin stats")
+        assert stats.params["text"].startswith("Today: 1 toons")
+
+
+async def test_forget_asks_first(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada, bob = fake_telegram.user(ADA), fake_telegram.user(BOB)
+    chat = fake_telegram.private_chat(ada)
+    async with running(fake_telegram, tmp_path, toonifier):
+        fresh = await ask(fake_telegram, chat, ada, "/quota")
+        photo = fake_telegram.push_message(chat, ada, photo=fake_telegram.add_file(SELFIE))
+        await fake_telegram.wait_for("sendPhoto", replies_to(photo), within=30)
+        assert (await ask(fake_telegram, chat, ada, "/quota")).params["text"] != fresh.params[
+            "text"
+        ]
+        question = await ask(fake_telegram, chat, ada, "/forget")
+        assert question.params["text"] == texts.FORGET_CONFIRM
+        yes, _no = buttons(question)
+        fake_telegram.push_callback(bob, question.result, yes["callback_data"])
+        refused = await fake_telegram.wait_for("answerCallbackQuery")
+        fake_telegram.push_callback(ada, question.result, yes["callback_data"])
+        asked = question.result["message_id"]
+        done = await fake_telegram.wait_for(
+            "editMessageText", lambda c: c.params["message_id"] == asked
+        )
+        after = await ask(fake_telegram, chat, ada, "/quota")
+    assert done.params["text"] == texts.FORGOTTEN
+    assert after.params["text"] == fresh.params["text"]
+    assert refused.params["show_alert"] is True
+    assert refused.params["text"] == texts.NOT_YOUR_BUTTON
+    # Bob's press changed nothing: the only edit of the question is Ada's.
+    edits = [
+        c for c in fake_telegram.calls_of("editMessageText") if c.params["message_id"] == asked
+    ]
+    assert edits == [done]
+
+
+async def test_flood_control_is_waited_out(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.private_chat(ada)
+    fake_telegram.fail_next("sendPhoto", retry_after=1)
+    async with running(fake_telegram, tmp_path, toonifier):
+        photo = fake_telegram.push_message(chat, ada, photo=fake_telegram.add_file(SELFIE))
+        toon = await fake_telegram.wait_for("sendPhoto", replies_to(photo), within=30)
+    refused = fake_telegram.calls_of("sendPhoto")[0]
+    assert refused.status == 429
+    assert toon.at - refused.at >= 1.0
+
+
+async def test_dropped_connections_are_retried(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.private_chat(ada)
+    fake_telegram.drop_next("getFile")
+    fake_telegram.drop_next("sendMessage")
+    async with running(fake_telegram, tmp_path, toonifier):
+        photo = fake_telegram.push_message(chat, ada, photo=fake_telegram.add_file(SELFIE))
+        await fake_telegram.wait_for("sendPhoto", replies_to(photo), within=30)
+    assert [c.status for c in fake_telegram.calls_of("getFile")][:2] == [0, 200]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_webhook_mode(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/telegram/hook"
+    webhook = {
+        "mode": "webhook",
+        "webhook_url": url,
+        "webhook_listen": "127.0.0.1",
+        "webhook_port": port,
+    }
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.private_chat(ada)
+    async with running(fake_telegram, tmp_path, toonifier, telegram=webhook):
+        hook = await fake_telegram.wait_for("setWebhook")
+        assert hook.params["url"] == url
+        helped = await ask(fake_telegram, chat, ada, "/help")
+        assert helped.params["text"] == texts.HELP
+        async with aiohttp.ClientSession() as session:
+            forged = await session.post(url, json={"update_id": 1}, headers={})
+            assert forged.status == 403
+    assert not fake_telegram.calls_of("getUpdates")
+
+
+async def test_resumed_jobs_refetch_the_photo(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.group_chat()
+    selfie = fake_telegram.add_file(SELFIE)
+    photo = fake_telegram.push_message(chat, ada, photo=selfie)  # the bot ignores it
+    ref = {"chat_id": chat["id"], "message_id": photo["message_id"], "file_id": selfie.file_id}
+    async with running(fake_telegram, tmp_path, toonifier) as bot:
+        assert await bot.refetch(ref) == SELFIE
+        assert await bot.refetch({**ref, "file_id": "gone"}) is None
+        await bot.reply_for(ref).progress("Drawing your toon…")
+    status = await fake_telegram.wait_for("sendMessage", replies_to(photo))
+    assert status.params["text"] == "Drawing your toon…"
+
+
+async def test_huge_toon_is_scaled_to_what_telegram_accepts(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.group_chat()
+    photo = fake_telegram.push_message(chat, ada, photo=fake_telegram.add_file(SELFIE))
+    big = io.BytesIO()
+    Image.new("RGB", (6000, 4500), "orange").save(big, "JPEG")
+    toon = Toon("abc", big.getvalue(), "toon.jpg", "Toon", "toon", 32, [], True, True, False)
+    async with running(fake_telegram, tmp_path, toonifier) as bot:
+        ref = {"chat_id": chat["id"], "message_id": photo["message_id"], "file_id": "-"}
+        await bot.reply_for(ref).deliver(toon)
+    sent = await fake_telegram.wait_for("sendPhoto", replies_to(photo))
+    with Image.open(io.BytesIO(sent.files["photo"].data)) as delivered:
+        assert max(delivered.size) == 2560
+
+
+async def test_a_press_too_old_to_answer_still_rerenders(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.private_chat(ada)
+    async with running(fake_telegram, tmp_path, toonifier):
+        photo = fake_telegram.push_message(chat, ada, photo=fake_telegram.add_file(SELFIE))
+        toon = await fake_telegram.wait_for("sendPhoto", replies_to(photo), within=30)
+        fake_telegram.fail_next("answerCallbackQuery", code=400)
+        less = next(b for b in buttons(toon) if b["text"] == texts.LESS_TOON)
+        fake_telegram.push_callback(ada, toon.result, less["callback_data"])
+        edit = await fake_telegram.wait_for("editMessageMedia", within=30)
+    assert edit.params["message_id"] == toon.result["message_id"]
+    assert fake_telegram.calls_of("answerCallbackQuery")[0].status == 400
