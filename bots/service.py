@@ -242,7 +242,7 @@ class ToonService:
         if style is None:
             return self._default_style
         if style not in self._styles:
-            raise Refused(RefusalKind.BAD_INPUT, f"Unknown style {style!r}.")
+            raise Refused(RefusalKind.BAD_INPUT, texts.unknown_style(style, list(self._styles)))
         return style
 
     def _refusal(self, decision: StoreRefused) -> Refused:
@@ -398,7 +398,7 @@ class ToonService:
             info = self._styles[style]
             strength = strength if strength in info.strengths else info.default_strength
         elif change not in ("faces", "photo"):
-            raise Refused(RefusalKind.BAD_INPUT, f"Unknown change {change!r}.")
+            raise Refused(RefusalKind.BAD_INPUT, texts.UNKNOWN_CHANGE)
         faces_only = {"faces": True, "photo": False}.get(change, cached.faces_only)
         return style, strength, faces_only
 

@@ -31,6 +31,7 @@ IN_FLIGHT = "You already have a toon in progress. Please wait until it's done."
 EXPIRED = "That toon is too old to change. Send the photo again to get a new one."
 RATE_LIMITED = "Easy there! Too many re-renders in a minute; try again shortly."
 NOT_ADMIN = "Only the bot's admins can do that."
+UNKNOWN_CHANGE = "That button doesn't do anything I know. Send the photo again for a new toon."
 NOT_YOURS = "Only the person who asked for this toon can change it."
 CANCELLED = "Cancelled. Nothing was charged."
 TIMEOUT = "That took too long and was stopped. Nothing was charged; please try again."
@@ -44,6 +45,10 @@ FORGET_CONFIRM = "This deletes your usage history and quota settings. Are you su
 
 def too_large(limit_bytes: int) -> str:
     return f"That file is too big. Please send a photo under {limit_bytes // 1_000_000} MB."
+
+
+def unknown_style(style: str, styles: list[str]) -> str:
+    return f"There is no style called {style!r}. Try one of: {', '.join(styles)}."
 
 
 def cooldown(seconds: float) -> str:
