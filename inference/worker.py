@@ -85,13 +85,11 @@ class Worker:
         queue_size: int,
         max_batch: int = 1,
         job_timeout: float = 300.0,
-        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self._engine = engine
         self._queue_size = queue_size
         self._max_batch = max_batch
         self._job_timeout = job_timeout
-        self._on_batch = on_batch
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []
         self._wakeup = asyncio.Event()
@@ -227,8 +225,6 @@ class Worker:
                 job.future.set_exception(outcome)
             else:
                 job.future.set_result(outcome)
-        if self._on_batch is not None:
-            self._on_batch(len(batch), time.monotonic() - start)
 
     def _emit(self, job: Job, stage: str, step: int, total: int) -> None:
         assert self._loop is not None
