@@ -7,6 +7,7 @@ that claims billions of pixels (a decompression bomb) costs nothing but a typed 
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from enum import StrEnum
 
@@ -21,6 +22,14 @@ pillow_heif.register_heif_opener()
 # Pillow's names for the formats we accept (MPO: JPEGs from cameras that carry several pictures).
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "HEIF", "AVIF", "GIF"})
 _ACCEPTED_NAMES = "JPEG, PNG, WebP, HEIC/HEIF, AVIF or GIF"
+# Progressive JPEGs from cameras and browsers have about a dozen scans; every scan makes the
+# decoder pass over the whole picture again, so thousands of them take minutes to decode.
+MAX_JPEG_SCANS = 100
+# After a scan's entropy-coded data, the next marker: 0xFF not followed by a stuffed zero, a
+# restart marker (part of the scan) or another 0xFF (fill).
+_MARKER_AFTER_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_SOS, _EOI = 0xDA, 0xD9
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 _WHITE = (255, 255, 255)
 
 
@@ -28,6 +37,7 @@ class ImageProblem(StrEnum):
     EMPTY = "empty"
     TOO_MANY_BYTES = "too_many_bytes"
     TOO_MANY_PIXELS = "too_many_pixels"
+    TOO_COMPLEX = "too_complex"
     NOT_AN_IMAGE = "not_an_image"
     UNSUPPORTED_FORMAT = "unsupported_format"
     DAMAGED = "damaged"
@@ -41,6 +51,10 @@ class ImageError(Exception):
         self.problem = problem
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[ImageError], tuple[ImageProblem, str]]:
+        """Crosses the pipe from a prepare process intact."""
+        return (type(self), (self.problem, self.reason))
+
 
 def decode_image(data: bytes, limits: LimitsSettings) -> Image.Image:
     """Decode the first frame of an accepted image into upright RGB (alpha flattened on white)."""
@@ -53,6 +67,11 @@ def decode_image(data: bytes, limits: LimitsSettings) -> Image.Image:
         )
     image = _open(data)
     _check_header(image, limits)
+    if image.format in ("JPEG", "MPO") and jpeg_scans(data, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
+        raise ImageError(
+            ImageProblem.TOO_COMPLEX,
+            f"The image is stored in more than {MAX_JPEG_SCANS} passes, too many to decode.",
+        )
     try:
         image.load()
         upright = ImageOps.exif_transpose(image)
@@ -102,6 +121,35 @@ def _check_header(image: Image.Image, limits: LimitsSettings) -> None:
             f"The image is too large ({width}x{height} = {width * height / 1e6:.0f} MP); "
             f"the limit is {limits.max_pixels / 1e6:.0f} MP.",
         )
+
+
+def jpeg_scans(data: bytes, limit: int) -> int:
+    """The scans (SOS segments) of a JPEG's first picture, counted up to `limit + 1`.
+
+    Walks the marker segments without decoding anything; the EXIF thumbnail lies inside a
+    segment and the further pictures of an MPO come after the first end marker, so neither
+    counts. A damaged structure stops the count: the decoder then says what is wrong.
+    """
+    scans, position = 0, 2
+    while scans <= limit and position + 4 <= len(data):
+        if data[position] != 0xFF:
+            break
+        marker = data[position + 1]
+        if marker == 0xFF:
+            position += 1
+        elif marker == _EOI:
+            break
+        elif marker in _STANDALONE:
+            position += 2
+        else:
+            position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+            if marker == _SOS:
+                scans += 1
+                found = _MARKER_AFTER_SCAN.search(data, position)
+                if found is None:
+                    break
+                position = found.start()
+    return scans
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

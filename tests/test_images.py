@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.images import ImageError, ImageProblem, decode_image, encode_jpeg
+from inference.images import (
+    MAX_JPEG_SCANS,
+    ImageError,
+    ImageProblem,
+    decode_image,
+    encode_jpeg,
+    jpeg_scans,
+)
 from inference.settings import LimitsSettings
 
 LIMITS = LimitsSettings()
@@ -119,6 +126,38 @@ def test_animated_webp_gives_its_first_frame() -> None:
     frames = [Image.new("RGB", (32, 32), colour) for colour in (RED, (0, 200, 0))]
     data = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True)
     assert close(decode_image(data, LIMITS).getpixel((16, 16)), RED)
+
+
+def progressive_jpeg(image: Image.Image, repeat_last_scan: int = 0) -> bytes:
+    """A progressive JPEG; `repeat_last_scan` more copies of its last scan make it the hostile
+    file that keeps a decoder busy for minutes (every scan is a pass over the whole picture)."""
+    data = encode(image, "JPEG", progressive=True, quality=90)
+    last = data.rindex(b"\xff\xda")
+    end = data.rindex(b"\xff\xd9")
+    return data[:end] + data[last:end] * repeat_last_scan + data[end:]
+
+
+def test_progressive_jpeg_counts_its_scans_and_decodes() -> None:
+    data = progressive_jpeg(scene())
+    assert 2 < jpeg_scans(data, MAX_JPEG_SCANS) <= 12
+    assert close(decode_image(data, LIMITS).getpixel((50, 20)), RED)
+
+
+def test_jpeg_with_thousands_of_scans_is_refused_before_decoding() -> None:
+    hostile = progressive_jpeg(Image.new("L", (3000, 3000), 128), repeat_last_scan=3000)
+    assert len(hostile) < 1_000_000
+    assert jpeg_scans(hostile, MAX_JPEG_SCANS) == MAX_JPEG_SCANS + 1
+    with pytest.raises(ImageError) as info:
+        decode_image(hostile, LIMITS)
+    assert info.value.problem is ImageProblem.TOO_COMPLEX
+
+
+def test_an_mpo_counts_the_scans_of_its_first_picture_only() -> None:
+    frames = [scene()] * (MAX_JPEG_SCANS + 5)
+    mpo = encode(frames[0], "MPO", save_all=True, append_images=frames[1:])
+    assert Image.open(io.BytesIO(mpo)).n_frames == len(frames)
+    assert jpeg_scans(mpo, MAX_JPEG_SCANS) == 1
+    assert close(decode_image(mpo, LIMITS).getpixel((50, 20)), RED)
 
 
 def jpeg() -> bytes:
