@@ -8,22 +8,20 @@ result back. Synchronous and single-threaded by design: the worker calls it from
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
-from inference.align import AlignedFace, align_face, paste_back
+from inference.align import AlignedFace, paste_back
 from inference.blend import BlendError, blend
 from inference.checkpoints import CheckpointError
 from inference.encoder_checkpoints import load_encoder, load_psp_style
 from inference.encoders import FaceEncoder
 from inference.faces import FaceBackendError, FaceDetector, make_detector
-from inference.images import decode_image
 from inference.invert import (
     Cancelled,
     Distance,
@@ -37,6 +35,7 @@ from inference.invert import (
     w_stats,
 )
 from inference.model_store import ModelStore, ModelStoreError
+from inference.prepare import NoFace, Prepared, prepare_photo, timed
 from inference.settings import (
     FacesSettings,
     InvertSettings,
@@ -70,15 +69,6 @@ MODEL_LOAD_ERRORS = (
 )
 
 
-class NoFace(Exception):
-    """No face in the photo that can be used; `reason` is for the person who sent it."""
-
-    def __init__(self, skipped: Sequence[str]) -> None:
-        self.skipped = list(skipped)
-        self.reason = " ".join(["I could not find a face I can use in this photo.", *skipped])
-        super().__init__(self.reason)
-
-
 class ToonifierConfig(Protocol):
     """The sections of bots.config.Settings the Toonifier reads."""
 
@@ -105,16 +95,6 @@ class StyleInfo:
 
 
 @dataclass
-class Prepared:
-    """Decode + detect + align done; nothing on the accelerator yet."""
-
-    photo: Image.Image
-    faces: list[AlignedFace]
-    skipped: list[str]
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
 class Latents:
     """What the latent cache keeps for re-rendering: W+ codes of the faces of one photo."""
 
@@ -131,15 +111,6 @@ class Result:
     strength: int
     skipped: list[str]
     timings: dict[str, float]
-
-
-@contextmanager
-def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
 def resolve_device(name: str) -> torch.device:
@@ -269,18 +240,8 @@ class Toonifier:
         return int(self.face.resolution)
 
     def prepare(self, image: bytes) -> Prepared:
-        """Decode, detect and align; raises the typed errors of images.py and faces.py."""
-        timings: dict[str, float] = {}
-        with _timed(timings, "decode"):
-            photo = decode_image(image, self.limits)
-        with _timed(timings, "detect"):
-            detection = self.detector.detect(photo)
-        skipped = [s.reason for s in detection.skipped]
-        if not detection.faces:
-            raise NoFace(skipped)
-        with _timed(timings, "align"):
-            faces = [align_face(photo, f.landmarks, self.resolution) for f in detection.faces]
-        return Prepared(photo, faces, skipped, timings)
+        """Decode, detect and align (inference/prepare.py) with this Toonifier's detector."""
+        return prepare_photo(image, self.detector, self.limits, self.resolution)
 
     def invert(
         self,
@@ -349,14 +310,14 @@ class Toonifier:
         style, strength = self.pick(style, strength)
         model = self.blends[style][strength]
         timings: dict[str, float] = {}
-        with _timed(timings, "render"), torch.no_grad():
+        with timed(timings, "render"), torch.no_grad():
             # ws stay float32 whatever the model's dtype: the generator modulates in float32.
             ws = latents.ws
             if style in self.style_encoders:
                 ws = self.style_encoders[style](to_tensor([f.image for f in faces], self.device))
             images = model.synthesis(ws.to(self.device), noise_mode="const")
             toons = to_images(images)
-        with _timed(timings, "paste"):
+        with timed(timings, "paste"):
             pasted = paste_back(
                 photo, [(toon, face.quad) for toon, face in zip(toons, faces, strict=True)]
             )
