@@ -32,6 +32,7 @@ def _record(row: Any) -> JobRecord:
         options=job.options,
         day=job.day,
         refunded=job.refunded,
+        attempts=job.attempts,
         failure=job.failure,
         timings=job.timings,
         created_at=job.created_at,
@@ -54,7 +55,7 @@ class Jobs:
             return None if row is None else _record(row)
 
     async def unfinished_jobs(self, platform: str | None = None) -> list[JobRecord]:
-        """Queued and running jobs, oldest first: what a restart must resume or answer."""
+        """Queued, running and delivering jobs, oldest first: what a restart must resume."""
         query = _records().where(Job.status.in_(UNFINISHED)).order_by(Job.created_at, Job.id)
         if platform is not None:
             query = query.where(User.platform == platform)
@@ -62,19 +63,31 @@ class Jobs:
             return [_record(row) for row in await session.execute(query)]
 
     async def mark_running(self, job_id: str) -> bool:
-        async with self._sessions.begin() as session:
-            started = await session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-                .values(status=JobStatus.RUNNING, started_at=self._clock())
-                .returning(Job.id)
-                .execution_options(synchronize_session=False)
-            )
-            return started.one_or_none() is not None
+        """Inference starts: counted in `attempts`."""
+        return await self._move(
+            job_id,
+            (JobStatus.QUEUED,),
+            status=JobStatus.RUNNING,
+            started_at=self._clock(),
+            attempts=Job.attempts + 1,
+        )
 
-    async def mark_done(self, job_id: str, *, timings: Mapping[str, float] | None = None) -> bool:
-        """`timings`: seconds per pipeline stage, kept for statistics."""
-        return await self._finish(job_id, JobStatus.DONE, refund=False, timings=timings)
+    async def mark_delivering(self, job_id: str, *, timings: Mapping[str, float]) -> bool:
+        """The toon is drawn (`timings`: seconds per pipeline stage) and is being sent."""
+        return await self._move(
+            job_id, (JobStatus.RUNNING,), status=JobStatus.DELIVERING, timings=dict(timings)
+        )
+
+    async def requeue(self, job_id: str) -> bool:
+        """Back to `queued` after a restart: a running or delivering job is drawn again."""
+        return await self._move(
+            job_id, (JobStatus.RUNNING, JobStatus.DELIVERING), status=JobStatus.QUEUED
+        )
+
+    async def mark_done(self, job_id: str) -> bool:
+        """The platform confirmed the toon. One transaction: a crash between the platform's
+        confirmation and its commit is the only way a toon is drawn and sent twice."""
+        return await self._finish(job_id, JobStatus.DONE, refund=False)
 
     async def mark_failed(self, job_id: str, reason: str, *, refund: bool) -> bool:
         """`refund` when the failure is not the user's fault (our bug, a timeout, a full queue)."""
@@ -85,6 +98,17 @@ class Jobs:
     async def mark_cancelled(self, job_id: str, *, refund: bool) -> bool:
         return await self._finish(job_id, JobStatus.CANCELLED, refund=refund)
 
+    async def _move(self, job_id: str, sources: tuple[JobStatus, ...], **values: Any) -> bool:
+        async with self._sessions.begin() as session:
+            moved = await session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status.in_(sources))
+                .values(values)
+                .returning(Job.id)
+                .execution_options(synchronize_session=False)
+            )
+            return moved.one_or_none() is not None
+
     async def _finish(
         self,
         job_id: str,
@@ -92,12 +116,9 @@ class Jobs:
         *,
         refund: bool,
         failure: str | None = None,
-        timings: Mapping[str, float] | None = None,
     ) -> bool:
         """Move an unfinished job to `status` and free its in-flight slot, exactly once."""
         values = {"status": status, "failure": failure, "finished_at": self._clock()}
-        if timings is not None:
-            values["timings"] = dict(timings)
         async with self._sessions.begin() as session:
             finished = await session.execute(
                 update(Job)

@@ -97,6 +97,9 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(16), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    request_key: Mapped[str | None] = mapped_column(String(128), unique=True, default=None)
+    """The platform's identity of the request (a message, an interaction): a request the
+    platform delivers twice (after a crash, a retried webhook) gets one job."""
     status: Mapped[str] = mapped_column(String(16))
     style: Mapped[str] = mapped_column(String(64))
     strength: Mapped[int | None]
@@ -105,6 +108,8 @@ class Job(Base):
     day: Mapped[date]
     """The local day the request was counted on; a refund gives back that day's toon."""
     refunded: Mapped[bool] = mapped_column(default=False)
+    attempts: Mapped[int] = mapped_column(default=0)
+    """How often inference started on this job: a job that keeps killing the bot is given up."""
     failure: Mapped[str | None] = mapped_column(String(512), default=None)
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     """Seconds per pipeline stage of a finished job."""

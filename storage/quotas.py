@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, Update, case, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.clock import Clock, DailyWindow
@@ -64,30 +65,44 @@ class Quotas:
 
     async def consume(self, job: NewJob) -> Decision:
         """Charge one toon and queue its job, or say why not (then nothing is charged)."""
+        try:
+            async with self._sessions.begin() as session:
+                return await self._consume(session, job)
+        except IntegrityError:
+            if job.key is None:
+                raise
+            # The same request admitted at this very moment by another process.
+            async with self._sessions.begin() as session:
+                return await self._consume(session, job)
+
+    async def _consume(self, session: AsyncSession, job: NewJob) -> Decision:
         now = self._clock()
         window = DailyWindow.at(now, self._zone)
         used_today = case((User.window_day == window.day, User.used), else_=0)
-        async with self._sessions.begin() as session:
-            default = await self._default_limit(session, job.user.platform, job.group)
-            charge = (
-                update(User)
-                .where(by_ref(job.user), *self._admissible(used_today, default, now))
-                .values(
-                    window_day=window.day,
-                    used=used_today + 1,
-                    in_flight=User.in_flight + 1,
-                    last_request_at=now,
-                    **_renamed(job),
-                )
-                .returning(User.id, User.used, User.daily_limit, User.unlimited)
-                .execution_options(synchronize_session=False)
+        default = await self._default_limit(session, job.user.platform, job.group)
+        if job.key is not None and await _admitted_before(session, job.key):
+            state = await _state(session, job.user)
+            quota = self._allowance_of(state, default, window, now)
+            return Refused(Refusal.DUPLICATE, quota, None)
+        charge = (
+            update(User)
+            .where(by_ref(job.user), *self._admissible(used_today, default, now))
+            .values(
+                window_day=window.day,
+                used=used_today + 1,
+                in_flight=User.in_flight + 1,
+                last_request_at=now,
+                **_renamed(job),
             )
-            row = await _gate(session, charge, job.user, job.display_name, now)
-            if row is None:
-                return await self._refusal(session, job.user, default, window, now)
-            job_id = await _add_job(session, row.id, job, window, now)
-            limit = effective_limit(row.unlimited, row.daily_limit, default)
-            return Admitted(job_id, allowance(limit, row.used, window, now))
+            .returning(User.id, User.used, User.daily_limit, User.unlimited)
+            .execution_options(synchronize_session=False)
+        )
+        row = await _gate(session, charge, job.user, job.display_name, now)
+        if row is None:
+            return await self._refusal(session, job.user, default, window, now)
+        job_id = await _add_job(session, row.id, job, window, now)
+        limit = effective_limit(row.unlimited, row.daily_limit, default)
+        return Admitted(job_id, allowance(limit, row.used, window, now))
 
     def _admissible(
         self, used_today: ColumnElement[int], default: int, now: datetime
@@ -218,6 +233,10 @@ def _renamed(job: NewJob) -> dict[str, str]:
     return {"display_name": job.display_name[:NAME_LENGTH]} if job.display_name else {}
 
 
+async def _admitted_before(session: AsyncSession, key: str) -> bool:
+    return await session.scalar(select(Job.id).where(Job.request_key == key)) is not None
+
+
 async def _state(session: AsyncSession, user: UserRef) -> Any:
     query = select(
         User.banned,
@@ -244,6 +263,7 @@ async def _add_job(
         insert(Job).values(
             id=job_id,
             user_id=user_id,
+            request_key=job.key,
             status=JobStatus.QUEUED,
             style=job.style,
             strength=job.strength,
@@ -251,6 +271,7 @@ async def _add_job(
             options=dict(job.options),
             day=window.day,
             refunded=False,
+            attempts=0,
             created_at=now,
         )
     )

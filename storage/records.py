@@ -47,14 +47,22 @@ class GroupRef(_Ref):
 
 
 class JobStatus(StrEnum):
+    """queued -> running -> delivering -> done, or failed / cancelled from any of the first three.
+
+    `delivering`: the toon is drawn and being sent; it becomes `done` only once the platform
+    confirmed the message. The toon itself is never stored, so after a crash `running` and
+    `delivering` jobs are drawn again from their chat reference.
+    """
+
     QUEUED = "queued"
     RUNNING = "running"
+    DELIVERING = "delivering"
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
-UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
+UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DELIVERING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +81,9 @@ class NewJob:
     options: Mapping[str, Any] = field(default_factory=dict)
     display_name: str = ""
     group: str | None = None
+    key: str | None = None
+    """The platform's identity of the request: a second NewJob with the same key is refused
+    as DUPLICATE (a platform may deliver one request twice)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +98,11 @@ class JobRecord:
     day: date
     """The local day the toon was charged on."""
     refunded: bool
+    attempts: int
+    """How often inference started on this job (across restarts)."""
     failure: str | None
     timings: dict[str, float]
-    """Seconds per stage, as `mark_done` was given them."""
+    """Seconds per stage, as `mark_delivering` (or `mark_done`) was given them."""
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -123,6 +136,8 @@ class Refusal(StrEnum):
     COOLDOWN = "cooldown"
     RATE = "rate"
     """Too many re-renders this minute."""
+    DUPLICATE = "duplicate"
+    """A job with the same request key exists: the request was admitted before."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +155,7 @@ class Refused:
     reason: Refusal
     allowance: Allowance
     retry_after: timedelta | None
-    """COOLDOWN and RATE: wait this long; QUOTA: until the reset; BANNED, IN_FLIGHT: None."""
+    """COOLDOWN and RATE: wait this long; QUOTA: until the reset; others: None."""
 
 
 Decision = Admitted | Refused

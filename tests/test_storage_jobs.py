@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -75,16 +76,57 @@ async def test_transitions_happen_once_and_in_order(tmp_path: Path) -> None:
         assert not await storage.jobs.mark_running("unknown")
 
 
-async def test_done_keeps_stage_timings_and_default_strength(tmp_path: Path) -> None:
+async def test_delivering_keeps_stage_timings_until_done(tmp_path: Path) -> None:
     async with await open_storage(tmp_path, FakeClock()) as storage:
         ident = job_id(await storage.quotas.consume(NewJob(ALICE, style="toon")))
-        assert await storage.jobs.mark_done(ident, timings={"invert": 41.5, "render": 0.8})
+        timings = {"invert": 41.5, "render": 0.8}
+        assert not await storage.jobs.mark_delivering(ident, timings=timings)  # not running yet
+        assert await storage.jobs.mark_running(ident)
+        assert await storage.jobs.mark_delivering(ident, timings=timings)
+        delivering = await storage.jobs.get(ident)
+        assert delivering is not None and delivering.status is JobStatus.DELIVERING
+        assert [j.id for j in await storage.jobs.unfinished_jobs()] == [ident]
+        assert (await storage.admin.show(ALICE)).in_flight == 1
+        assert await storage.jobs.mark_done(ident)
         record = await storage.jobs.get(ident)
         assert record is not None
         assert record.strength is None
-        assert record.timings == {"invert": 41.5, "render": 0.8}
+        assert record.timings == timings
         assert record.status is JobStatus.DONE
         assert (await storage.admin.show(ALICE)).in_flight == 0
+
+
+async def test_a_restart_requeues_running_and_delivering_jobs_and_counts_attempts(
+    tmp_path: Path,
+) -> None:
+    async with await open_storage(tmp_path, FakeClock()) as storage:
+        running = job_id(await storage.quotas.consume(job()))
+        delivering = job_id(await storage.quotas.consume(job(BOB)))
+        queued = job_id(await storage.quotas.consume(job(name="again")))
+        for ident in (running, delivering):
+            assert await storage.jobs.mark_running(ident)
+        assert await storage.jobs.mark_delivering(delivering, timings={})
+        for ident in (running, delivering):
+            assert await storage.jobs.requeue(ident)
+        assert not await storage.jobs.requeue(queued)
+        records = {j.id: j for j in await storage.jobs.unfinished_jobs()}
+        assert {j.status for j in records.values()} == {JobStatus.QUEUED}
+        assert [records[i].attempts for i in (running, delivering, queued)] == [1, 1, 0]
+        assert await storage.jobs.mark_running(running)
+        again = await storage.jobs.get(running)
+        assert again is not None and again.attempts == 2
+
+
+async def test_a_request_key_admits_one_job(tmp_path: Path) -> None:
+    async with await open_storage(tmp_path, FakeClock()) as storage:
+        first = job_id(await storage.quotas.consume(replace(job(), key="telegram:555:7")))
+        again = await storage.quotas.consume(replace(job(), key="telegram:555:7"))
+        assert isinstance(again, Refused) and again.reason is Refusal.DUPLICATE
+        other = await storage.quotas.consume(replace(job(), key="telegram:555:8"))
+        assert isinstance(other, Admitted)
+        status = await storage.admin.show(ALICE)
+        assert (status.allowance.used, status.in_flight) == (2, 2)
+        assert {j.id for j in await storage.jobs.unfinished_jobs()} == {first, other.job_id}
 
 
 async def test_cancelled_queued_job_is_not_resumed(tmp_path: Path) -> None:
