@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -55,6 +56,7 @@ class FacesSettings(Section):
 class LimitsSettings(Section):
     max_bytes: PositiveInt = 20_000_000
     max_pixels: PositiveInt = 40_000_000
+    prepare_timeout: float = Field(10.0, gt=0)
 
 
 class InvertSettings(Section):
@@ -65,7 +67,12 @@ class InvertSettings(Section):
     loss: Literal["perceptual", "pixel"] = "perceptual"
 
 
+def _prepare_processes() -> int:
+    return min(os.cpu_count() or 1, 4)
+
+
 class WorkerSettings(Section):
+    prepare_processes: PositiveInt = Field(default_factory=_prepare_processes)
     queue_size: PositiveInt = 32
     max_batch: PositiveInt = 1
     job_timeout: float = Field(300.0, gt=0)
