@@ -6,6 +6,7 @@ turns validation errors into one line per problem that names the file and the ke
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -126,29 +127,58 @@ class Settings(BaseSettings):
         return [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
 
 
-def _describe(error: Mapping[str, Any]) -> str:
+def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
+    """The dotted key an error is about, and the problem."""
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{key}: {message}"
+        return key, "unknown key"
+    return key, str(error["msg"]).removeprefix("Value error, ")
+
+
+def environment_keys(environ: Mapping[str, str]) -> dict[str, str]:
+    """Dotted keys set from the environment, and the variable that set each.
+
+    TOONIFY_SECTION_KEY sets section.key (a whole section when it holds JSON: TOONIFY_QUOTA).
+    """
+    found = {}
+    for name in environ:
+        if name.upper().startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            found[".".join(name[len(ENV_PREFIX) :].lower().split("_", 1))] = name
+    return found
+
+
+def origin(key: str, file: Path | None, environ: Mapping[str, str]) -> str:
+    """Where the value of `key` came from: the variable that set it, else the file."""
+    from_env = environment_keys(environ)
+    parts = key.split(".")
+    for depth in range(len(parts), 0, -1):
+        name = from_env.get(".".join(parts[:depth]))
+        if name is not None:
+            return f"{name} (environment)"
+    return str(file) if file is not None else "defaults"
 
 
 def load_config(path: Path | None = None) -> Settings:
     """Read `path` (or config.toml when present) and apply TOONIFY_* overrides.
 
     An explicit path must exist; the default one is optional so that a bare environment works.
+    Each problem names where the bad key or value came from: the file or the variable.
     """
     source = path or DEFAULT_PATH
     data: dict[str, Any] = {}
-    if path is not None or source.exists():
+    file = source if path is not None or source.exists() else None
+    if file is not None:
         try:
-            data = tomllib.loads(source.read_text(encoding="utf-8"))
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
-            raise ConfigError(f"{source}: file not found") from exc
+            raise ConfigError(f"{file}: file not found") from exc
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError("\n".join(f"{source}: {_describe(e)}" for e in exc.errors())) from None
+        problems = []
+        for error in exc.errors():
+            key, problem = _describe(error)
+            problems.append(f"{origin(key, file, os.environ)}: {key}: {problem}")
+        raise ConfigError("\n".join(problems)) from None

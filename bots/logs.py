@@ -1,4 +1,8 @@
-"""Logging set-up: one line per event, and no secret ever reaches a handler's output."""
+"""Logging set-up: one line per event, and no secret ever reaches a handler's output.
+
+Tracebacks are for debugging: below DEBUG an error line ends with the exception's type and
+message only; at DEBUG the whole traceback follows on the same line.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable
+from typing import Any
 
 # Telegram bot tokens look like 123456:AAH...; libraries log them inside request URLs.
 _TELEGRAM_TOKEN = re.compile(r"\d{5,}:[A-Za-z0-9_-]{30,}")
@@ -15,9 +20,19 @@ _MASK = "***"
 class RedactingFormatter(logging.Formatter):
     """Formats a record, then masks known secrets and token-shaped strings, tracebacks included."""
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, secrets: Iterable[str] = (), *, tracebacks: bool = True) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._tracebacks = tracebacks
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
+        if self._tracebacks:
+            return super().formatException(ei)
+        _, value, _ = ei
+        return f"{type(value).__name__}: {value}"
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 (logging's name)
+        return super().formatStack(stack_info) if self._tracebacks else ""
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -30,7 +45,7 @@ class RedactingFormatter(logging.Formatter):
 def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
     """Route every logger to stderr through the redacting formatter."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter(secrets))
+    handler.setFormatter(RedactingFormatter(secrets, tracebacks=level == "DEBUG"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -94,10 +94,31 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert config.telegram.token.get_secret_value() == TOKEN
 
 
-def test_bad_environment_value_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_environment_value_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TOONIFY_QUOTA_DAILY", "-4")
-    with pytest.raises(ConfigError, match=r"quota\.daily"):
-        load_config(write(tmp_path, ""))
+    path = write(tmp_path, "[quota]\ndaily = 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith("TOONIFY_QUOTA_DAILY (environment): quota.daily: ")
+    assert str(path) not in str(info.value)
+
+
+def test_unknown_key_from_the_environment_is_not_blamed_on_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no config.toml here
+    monkeypatch.setenv("TOONIFY_QUOTA_DAYLY", "3")
+    monkeypatch.setenv("TOONIFY_MODELS", '{"device": "gpu"}')
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert str(info.value).splitlines() == [
+        "TOONIFY_MODELS (environment): models.device: String should match pattern "
+        "'^(auto|cpu|cuda(:\\d+)?|mps)$'",
+        "TOONIFY_QUOTA_DAYLY (environment): quota.dayly: unknown key",
+    ]
+    assert "config.toml" not in str(info.value)
 
 
 def test_config_check_masks_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,6 +165,20 @@ def test_token_never_reaches_the_log(capsys: pytest.CaptureFixture[str]) -> None
     assert "discord-secret-value" not in err
     assert err.count("\n") == 3, err
     assert "getUpdates" in err
+
+
+def test_tracebacks_are_logged_at_debug_only(capsys: pytest.CaptureFixture[str]) -> None:
+    log = logging.getLogger("test")
+    for level in ("INFO", "DEBUG"):
+        setup_logging(level)
+        try:
+            raise RuntimeError("disk on fire")
+        except RuntimeError:
+            log.exception("saving failed")
+    info, debug = capsys.readouterr().err.splitlines()
+    assert info.endswith("saving failed | RuntimeError: disk on fire")
+    assert "Traceback (most recent call last)" in debug
+    assert "test_tracebacks_are_logged_at_debug_only" in debug
 
 
 @pytest.mark.parametrize("command", [[], ["config"], ["models"], ["quota"], ["bench"], ["run"]])
