@@ -1,18 +1,25 @@
-"""The composition root: storage, models, worker, service, adapters and the ops endpoint.
+"""The composition root: storage, models, prepare pool, worker, service, adapters and ops.
 
-Start-up order matters: models load before any adapter goes online (nobody is accepted
-before the bot can serve them), and resumed jobs are queued once the adapters can answer.
-Shutdown is the reverse: stop accepting, finish the running job, keep what is queued.
+Start-up order matters: models load and the prepare processes start before any adapter goes
+online (nobody is accepted before the bot can serve them), and resumed jobs start once the
+adapters can answer. Shutdown is the reverse: photos still being prepared stay queued, the
+running batch finishes and is delivered, queued jobs are kept for the next start.
+
+Signals: the first SIGINT or SIGTERM abandons a start at once, or stops a running bot cleanly;
+another one while stopping exits at once (what was running is redone at the next start).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import os
 import signal
-from collections.abc import AsyncIterator
-from typing import Any
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -20,23 +27,57 @@ from bots.config import Settings
 from bots.metrics import Metrics
 from bots.ops import start_ops
 from bots.service import ToonService
-from inference.pipeline import Toonifier
+from bots.startup import StartupFault
+from inference.pipeline import Latents, Prepared, Result, Toonifier
+from inference.prepare_pool import PoolStartError, PreparePool, PrepareSpec
 from inference.worker import Worker
 from storage import Store
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 PURGE_EVERY = 6 * 3600.0
+# Exit status when a second signal cuts a shutdown short.
+FORCED_EXIT = 130
+
+
+class Adapter(Protocol):
+    """A chat platform's side: registers itself with the service when built."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None:
+        """Also called after a start that failed or was cut short."""
+
+
+class Interrupted(Exception):
+    """A signal arrived before the bot had started; everything started so far was stopped."""
 
 
 class App:
-    """Everything `toonify run` starts, in one object that tests can start and stop too."""
+    """Everything `toonify run` starts, in one object that tests can start and stop too.
 
-    def __init__(self, config: Settings, toonifier: Toonifier, store: Store) -> None:
+    `pool` defaults to prepare processes built from the configuration and the Toonifier's
+    face detector.
+    """
+
+    def __init__(
+        self,
+        config: Settings,
+        toonifier: Toonifier,
+        store: Store,
+        pool: PreparePool | None = None,
+    ) -> None:
         self.config = config
         self.toonifier = toonifier
         self.store = store
         self.metrics = Metrics()
+        self.pool = pool or PreparePool(
+            PrepareSpec.of(toonifier.detector, config.faces, config.limits, toonifier.resolution),
+            processes=config.worker.prepare_processes,
+            timeout=config.limits.prepare_timeout,
+        )
         self.worker = Worker(
             toonifier,
             queue_size=config.worker.queue_size,
@@ -47,13 +88,14 @@ class App:
         self.service = ToonService(
             config,
             store,
+            self.pool,
             self.worker,
             dict(toonifier.styles),
             toonifier.default_style,
             _renderer(toonifier),
             self.metrics,
         )
-        self._adapters: list[Any] = []
+        self._adapters: list[Adapter] = []
         self._ops: web.AppRunner | None = None
         self._purge: asyncio.Task[None] | None = None
 
@@ -63,36 +105,39 @@ class App:
             "worker_alive": self.worker.alive,
             "models_loaded": bool(self.toonifier.styles),
             "queue_depth": self.worker.depth,
+            "prepare_processes": self.pool.size,
             "adapters": [type(adapter).__name__ for adapter in self._adapters],
         }
 
-    async def start(self, adapters: list[Any]) -> None:
+    async def start(self, adapters: list[Adapter]) -> None:
         """`adapters` have async start() and stop() and register themselves with the service."""
         self.worker.start()
+        try:
+            await self.pool.start()
+        except PoolStartError as exc:
+            raise StartupFault(f"the prepare processes cannot start: {exc}") from exc
         if self.config.ops.port:
             self._ops = await start_ops(
                 self.metrics, self.health, self.config.ops.host, self.config.ops.port
             )
         for adapter in adapters:
+            self._adapters.append(adapter)  # first: a start cut short is stopped too
             await adapter.start()
-            self._adapters.append(adapter)
         resumed = await self.service.resume()
         if resumed:
             log.info("resumed %d job(s) accepted before the restart", resumed)
         self._purge = asyncio.create_task(self._purge_old_jobs())
 
     async def stop(self) -> None:
-        """Stop accepting, finish the running job, leave the queued ones for the next start."""
+        """Keep what is being prepared, finish the running batch, keep the queue; disconnect."""
         if self._purge is not None:
             # Wait for the cancellation: a purge cut off mid-query must let go of its
             # connection before the store closes, or the loop never finishes closing.
             self._purge.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._purge
-        left = await self.worker.stop()
-        if left:
-            log.info("%d queued job(s) kept for the next start", len(left))
-        await self.service.drain()
+        await self.pool.stop()
+        await self.service.stop()
         for adapter in reversed(self._adapters):
             try:
                 await adapter.stop()
@@ -110,16 +155,16 @@ class App:
             await asyncio.sleep(PURGE_EVERY)
 
 
-def _renderer(toonifier: Toonifier) -> Any:
-    def render(prepared: Any, latents: Any, style: str, strength: int) -> Any:
+def _renderer(toonifier: Toonifier) -> Callable[[Prepared, Latents, str, int], Result]:
+    def render(prepared: Prepared, latents: Latents, style: str, strength: int) -> Result:
         return toonifier.render(prepared.photo, prepared.faces, latents, style, strength)
 
     return render
 
 
-def make_adapters(config: Settings, service: ToonService) -> list[Any]:
+def make_adapters(config: Settings, service: ToonService) -> list[Adapter]:
     """The enabled chat adapters; imported here so a disabled platform costs nothing."""
-    adapters: list[Any] = []
+    adapters: list[Adapter] = []
     if config.telegram.enabled:
         from bots.telegram_bot import TelegramBot
 
@@ -131,31 +176,76 @@ def make_adapters(config: Settings, service: ToonService) -> list[Any]:
     return adapters
 
 
+async def in_daemon_thread(work: Callable[[], T]) -> T:
+    """`work()` on a thread of its own that the process does not wait for at exit, so that a
+    signal ends the process at once even while models load."""
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(work())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    threading.Thread(target=run, name="load-models", daemon=True).start()
+    return await asyncio.wrap_future(future)
+
+
 @contextlib.asynccontextmanager
 async def running_app(config: Settings) -> AsyncIterator[App]:
     """Load models (off the event loop), open storage, start everything; stop on exit."""
     log.info("loading models on %s", config.models.device)
-    toonifier = await asyncio.to_thread(Toonifier.from_config, config)
+    toonifier = await in_daemon_thread(lambda: Toonifier.from_config(config))
     store = await Store.open(config.storage.url, config.quota)
     app = App(config, toonifier, store)
-    await app.start(make_adapters(config, app.service))
     try:
+        await app.start(make_adapters(config, app.service))
         yield app
     finally:
         await app.stop()
 
 
+class _Signals:
+    """What SIGINT and SIGTERM do: cut a start short, stop cleanly, or (again) exit now."""
+
+    def __init__(self, main: asyncio.Task[Any]) -> None:
+        self.main = main
+        self.stop = asyncio.Event()
+        self.running = False
+        self.interrupted = False
+
+    def __call__(self) -> None:
+        if self.interrupted or self.stop.is_set():
+            log.warning("signal received again: exiting now; running jobs resume at next start")
+            os._exit(FORCED_EXIT)
+        if self.running:
+            self.stop.set()
+        else:
+            self.interrupted = True
+            self.main.cancel()
+
+
 async def serve(config: Settings) -> None:
-    """Run until SIGINT or SIGTERM, then shut down cleanly."""
-    stop = asyncio.Event()
+    """Run until SIGINT or SIGTERM, then shut down cleanly; Interrupted if it came while
+    starting."""
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    signals = _Signals(main)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals)
     try:
         async with running_app(config):
+            signals.running = True
             log.info("toonify-bot is running")
-            await stop.wait()
+            await signals.stop.wait()
             log.info("shutting down: finishing the running job, keeping the queue")
+    except asyncio.CancelledError:
+        if not signals.interrupted:
+            raise
+        main.uncancel()
+        raise Interrupted from None
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -1,10 +1,12 @@
 """The Discord adapter: `/toonify`, the message menu "Toonify" and DM photos in; toons out.
 
-Every interaction is acknowledged at once (Discord allows 3 s) and ephemerally, so refusals,
-the place in the queue and progress stay private to the requester; only the finished toon is
-posted for everyone, with buttons to change or delete it. The buttons carry the result id and
-the requester in their custom ids (`discord.ui.DynamicItem`), so they survive a restart:
-Delete keeps working, re-renders then say the toon is too old (its faces were in memory).
+A request's job row is written before its interaction is acknowledged (Discord allows 3 s;
+when writing takes longer than ADMIT_BEFORE_ACK, the acknowledgement goes first). It is
+acknowledged ephemerally, so refusals, the place in the queue and progress stay private to the
+requester; only the finished toon is posted for everyone, with buttons to change or delete
+it. The buttons carry the result id and the requester in their custom ids
+(`discord.ui.DynamicItem`), so they survive a restart: Delete keeps working, re-renders then
+say the toon is too old (its faces were in memory).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from PIL import Image
 from bots import texts
 from bots.config import DiscordSettings, Settings
 from bots.service import RefusalKind, Refused, Requester, Toon, ToonService, Upload
+from bots.startup import StartupFault, until_reachable
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,10 @@ PLATFORM = "discord"
 DISCORD_CDN_HOSTS = ("cdn.discordapp.com", "media.discordapp.net")
 DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=60)
 CONNECT_TIMEOUT = 60.0
+# Seconds the job row may take before the interaction is acknowledged first (Discord: 3 s).
+ADMIT_BEFORE_ACK = 1.5
+START_HINT = "check the network, or discord.api_base_url and discord.gateway_url"
+TOKEN_FIX = "set TOONIFY_DISCORD_TOKEN to the token of the Developer Portal (Bot > Reset Token)"
 DOWNLOAD_CHUNK = 64 * 1024
 MESSAGE_LIMIT = 2000
 SHRUNK_QUALITY = 90
@@ -254,11 +261,12 @@ class StyleSelect(discord.ui.DynamicItem[discord.ui.Select[discord.ui.View]], te
 class _InteractionReply:
     """Answers `/toonify` and the message menu: a private status, then a public toon.
 
-    The status is the ephemeral deferred response; it is edited with the place in the queue
-    (always before the toon can arrive: a followup sent while the deferral is still "thinking"
-    would replace it and stay private) and progress, and removed once the toon is posted as a
-    public followup. Interaction tokens last 15 minutes; after that, answers go through the
-    channel instead.
+    A refusal at admission is the interaction's (ephemeral) response. An admitted request is
+    acknowledged with an ephemeral deferral, which is then edited with the place in the queue
+    (always before the toon can arrive: a followup sent while the deferral is still
+    "thinking" would replace it and stay private) and progress, and removed once the toon is
+    posted as a public followup. Interaction tokens last 15 minutes; after that, or when the
+    acknowledgement came too late, answers go through the channel instead.
     """
 
     def __init__(self, bot: DiscordBot, interaction: discord.Interaction) -> None:
@@ -267,43 +275,66 @@ class _InteractionReply:
         self._owner_id = interaction.user.id
         self._lock = asyncio.Lock()
         self._finished = False
+        self._acknowledged = asyncio.Event()
+        self._lost = False  # the interaction could not be acknowledged in time
 
     def _channel_reply(self) -> _ChannelReply:
         channel_id = self._interaction.channel_id or 0
         private = self._interaction.guild_id is None
         return _ChannelReply(self._bot, channel_id, self._owner_id, reference=None, private=private)
 
+    def _gone(self) -> bool:
+        return self._lost or self._interaction.is_expired()
+
+    async def acknowledge(self) -> None:
+        """The deferred ephemeral response ("thinking..."); the status from then on."""
+        if self._acknowledged.is_set():
+            return
+        try:
+            await self._interaction.response.defer(ephemeral=True, thinking=True)
+        except discord.HTTPException as exc:
+            log.warning("interaction not acknowledged (%s); answering in the channel", exc)
+            self._lost = True
+        self._acknowledged.set()
+
+    async def queued(self, text: str) -> None:
+        await self.progress(text)
+
     async def progress(self, text: str) -> None:
+        await self._acknowledged.wait()
         async with self._lock:
-            if not self._finished and not self._interaction.is_expired():
+            if not self._finished and not self._gone():
                 await self._interaction.edit_original_response(content=_clip(text))
 
     async def deliver(self, toon: Toon) -> None:
+        """Returns once Discord has the toon; raises when it refused it for good."""
+        await self._acknowledged.wait()
         async with self._lock:
             self._finished = True
-            if self._interaction.is_expired():
+            if self._gone():
                 await self._channel_reply().deliver(toon)
                 return
-            try:
-                await self._interaction.followup.send(
-                    _caption(
-                        toon, self._owner_id, in_server=self._interaction.guild_id is not None
-                    ),
-                    file=await _file(toon, self._interaction.filesize_limit),
-                    view=Controls.of(toon, self._owner_id).view(),
-                    allowed_mentions=PING_USERS,
-                    wait=True,
-                )
-            except discord.HTTPException as exc:
-                error = internal_error("delivery", exc)
-                await self._interaction.edit_original_response(content=error.text)
-                return
-            await self._interaction.delete_original_response()
+            await self._interaction.followup.send(
+                _caption(toon, self._owner_id, in_server=self._interaction.guild_id is not None),
+                file=await _file(toon, self._interaction.filesize_limit),
+                view=Controls.of(toon, self._owner_id).view(),
+                allowed_mentions=PING_USERS,
+                wait=True,
+            )
+
+    async def delivered(self) -> None:
+        """The private status makes way for the public toon."""
+        async with self._lock:
+            if not self._gone():
+                await self._interaction.delete_original_response()
 
     async def fail(self, error: Refused) -> None:
         async with self._lock:
             self._finished = True
-            if self._interaction.is_expired():
+            if not self._acknowledged.is_set():  # refused at admission
+                await self._interaction.response.send_message(_clip(error.text), ephemeral=True)
+                return
+            if self._gone():
                 await self._channel_reply().fail(error)
                 return
             await self._interaction.edit_original_response(content=_clip(error.text))
@@ -343,6 +374,9 @@ class _ChannelReply:
     def _replying(self) -> dict[str, Any]:
         return {"reference": self._reference} if self._reference is not None else {}
 
+    async def queued(self, text: str) -> None:
+        await self.progress(text)
+
     async def progress(self, text: str) -> None:
         if not self._private:
             return
@@ -364,6 +398,9 @@ class _ChannelReply:
                 allowed_mentions=PING_USERS,
                 **self._replying(),
             )
+
+    async def delivered(self) -> None:
+        async with self._lock:
             if self._status is not None:
                 await self._status.delete()
 
@@ -436,7 +473,8 @@ class DiscordBot(discord.Client):
         await super().login(token)
 
     async def setup_hook(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=DOWNLOAD_TIMEOUT)
+        """Runs at every login attempt (bots.startup retries them)."""
+        self._session = self._session or aiohttp.ClientSession(timeout=DOWNLOAD_TIMEOUT)
         self.add_dynamic_items(ToonButton, StyleSelect)
         await self._sync_commands()
 
@@ -564,7 +602,7 @@ class DiscordBot(discord.Client):
         *,
         source: discord.Message | None,
     ) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        """Admit, then acknowledge: a crash in between leaves a job row that is resumed."""
         reply = _InteractionReply(self, interaction)
         try:
             if attachment is None:
@@ -573,11 +611,17 @@ class DiscordBot(discord.Client):
             ref = self._ref(interaction.user, interaction.channel_id, interaction.guild_id)
             ref.update(url=attachment.url, message_id=str(source.id) if source else None)
             who = self._requester(interaction.user, interaction.guild_id)
-            ticket = await self._admit(who, attachment, reply, ref, style, strength)
+            key = f"{PLATFORM}:interaction:{interaction.id}"
+            admission = asyncio.ensure_future(
+                self._admit(who, attachment, reply, ref, key, style, strength)
+            )
+            if not (await asyncio.wait({admission}, timeout=ADMIT_BEFORE_ACK))[0]:
+                await reply.acknowledge()  # the row is slow to come: keep the interaction
+            await admission
         except Refused as refused:
             await reply.fail(refused)
             return
-        await reply.progress(ticket.text)
+        await reply.acknowledge()
 
     async def on_message(self, message: discord.Message) -> None:
         """A photo sent in a DM is toonified; anything else there gets the help text."""
@@ -592,14 +636,12 @@ class DiscordBot(discord.Client):
         )
         ref = self._ref(message.author, message.channel.id, None)
         ref.update(url=attachment.url, message_id=str(message.id))
+        who = self._requester(message.author, None)
+        key = f"{PLATFORM}:message:{message.id}"
         try:
-            async with message.channel.typing():  # while downloading and looking for faces
-                who = self._requester(message.author, None)
-                ticket = await self._admit(who, attachment, reply, ref, None, None)
+            await self._admit(who, attachment, reply, ref, key, None, None)
         except Refused as refused:
             await reply.fail(refused)
-            return
-        await reply.progress(ticket.text)
 
     @staticmethod
     def _ref(
@@ -618,16 +660,15 @@ class DiscordBot(discord.Client):
         attachment: discord.Attachment,
         reply: _InteractionReply | _ChannelReply,
         ref: dict[str, Any],
+        key: str,
         style: str | None,
         strength: int | None,
-    ) -> Any:
-        """Check what Discord says about the file, download it, and hand it to the service."""
+    ) -> None:
+        """The service judges what Discord says about the file and writes the job row."""
         upload = Upload(attachment.size, attachment.content_type, attachment.filename)
         try:
-            await self._service.precheck(who, upload)
-            image = await self._download(attachment.url)
-            return await self._service.submit(
-                who, image, reply, ref=ref, style=style, strength=strength
+            await self._service.admit(
+                who, upload, reply, ref=ref, key=key, style=style, strength=strength
             )
         except Refused:
             raise
@@ -731,13 +772,10 @@ class DiscordBot(discord.Client):
         except discord.HTTPException:
             log.warning("could not report a command error to the user")
 
-    # -- restarts (bots.service.Resumer) -----------------------------------------------------
+    # -- the service works from the stored reference (bots.service.JobSource) --------------
 
-    async def refetch(self, ref: dict[str, Any]) -> bytes | None:
-        try:
-            return await self._download(ref["url"])
-        except Refused:
-            return None
+    async def fetch(self, ref: dict[str, Any]) -> bytes:
+        return await self._download(ref["url"])
 
     def reply_for(self, ref: dict[str, Any]) -> _ChannelReply:
         message_id = ref.get("message_id")
@@ -754,35 +792,57 @@ class DiscordAdapter:
     """What bots/app.py starts and stops: the client, logged in and connected once started."""
 
     def __init__(self, config: Settings, service: ToonService) -> None:
-        if config.discord.token is None:
-            raise ValueError("discord.token is not set (TOONIFY_DISCORD_TOKEN)")
-        self._token = config.discord.token
+        token = config.discord.token
+        if token is None or not token.get_secret_value().strip():
+            raise StartupFault(f"the Discord token is empty: {TOKEN_FIX}")
+        self._token = token.get_secret_value().strip()
         self.client = DiscordBot(config, service)
         self._running: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Log in, sync the commands and connect; discord.py keeps the gateway up afterwards.
+        """Log in and sync the commands (network failures retried), then connect; discord.py
+        keeps the gateway up afterwards.
 
-        Bad credentials fail here. A gateway still unreachable after CONNECT_TIMEOUT is only
-        logged: discord.py keeps trying in the background.
+        A rejected token ends the start. A gateway still unreachable after CONNECT_TIMEOUT is
+        only logged: discord.py keeps trying in the background.
         """
+        await until_reachable(
+            self._login,
+            what="Discord",
+            transient=(aiohttp.ClientError, OSError, TimeoutError, discord.DiscordServerError),
+            hint=START_HINT,
+            between=self._close_http,
+        )
         connected = asyncio.create_task(self.client.connected.wait())
-        self._running = asyncio.create_task(
-            self.client.start(self._token.get_secret_value()), name="discord-client"
-        )
-        done, _ = await asyncio.wait(
-            {self._running, connected},
-            timeout=CONNECT_TIMEOUT,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        connected.cancel()
+        self._running = asyncio.create_task(self.client.connect(), name="discord-client")
+        try:
+            done, _ = await asyncio.wait(
+                {self._running, connected},
+                timeout=CONNECT_TIMEOUT,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            connected.cancel()
         if self._running in done:
-            self._running.result()
-            raise RuntimeError("the Discord client stopped while starting")
+            error = self._running.exception()
+            raise StartupFault(f"the Discord gateway refused the bot: {error}")
         if not done:
             log.warning("no Discord gateway after %.0f s; still trying", CONNECT_TIMEOUT)
 
+    async def _login(self) -> None:
+        try:
+            await self.client.login(self._token)
+        except discord.LoginFailure as exc:
+            raise StartupFault(f"Discord rejected the bot token ({exc}): {TOKEN_FIX}") from exc
+
+    async def _close_http(self) -> None:
+        """discord.py opens a new HTTP session at each login: close the one that failed (and
+        let the next login make a new connection pool, as the closed session took its own)."""
+        await self.client.http.close()
+        self.client.http.connector = discord.utils.MISSING
+
     async def stop(self) -> None:
+        """Also after a start that failed or was cut short: every session is closed."""
         await self.client.close()
         if self._running is not None:
-            await self._running
+            await asyncio.gather(self._running, return_exceptions=True)

@@ -1,9 +1,11 @@
 """The platform-neutral request flow that both chat adapters share.
 
-admit (size, type, ban, cooldown, in flight, quota) -> persist the job -> queue it on the
-worker -> relay throttled progress -> deliver the toon -> refund when the failure is ours.
-Adapters turn updates into `Requester`/`Upload` and implement `Reply`; everything they show
-comes from `Refused.text`, `Ticket.text` and `Toon.caption`.
+admit (type, size, ban, cooldown, in flight, quota) and write the job row -> in the background:
+fetch the photo from the platform, prepare it in the prepare pool, queue it on the worker,
+relay throttled progress, deliver the toon and mark it done once the platform confirmed it.
+Every failure after the row exists is settled: failed and refunded with a reply, or left
+queued for the next start. Adapters turn updates into `Requester`/`Upload`, implement
+`JobReply` and `JobSource`; everything they show comes from `Refused.text` and the replies.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -23,12 +25,15 @@ from PIL import Image
 from bots import texts
 from bots.config import Settings
 from bots.metrics import Metrics
-from inference.images import ImageError
-from inference.pipeline import NoFace, Result, StyleInfo
+from inference.images import ImageError, ImageProblem
+from inference.pipeline import NoFace, Prepared, Result, StyleInfo
+from inference.prepare_pool import PoolClosed, PrepareCrashed, PrepareFailed, PrepareTimeout
 from inference.worker import JobCancelled, JobTimeout, QueueFull, ShuttingDown, Worker
 from storage import (
     AdminInputError,
     GroupRef,
+    JobRecord,
+    JobStatus,
     NewJob,
     Refusal,
     Store,
@@ -41,11 +46,15 @@ log = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("image/",)
 JPEG_QUALITY = 92
+# A job whose inference started this often without finishing (the bot died each time) is
+# given up at the next start instead of taking the bot down again.
+MAX_ATTEMPTS = 3
 
 
 class RefusalKind(StrEnum):
     NOT_IMAGE = "not_image"
     TOO_LARGE = "too_large"
+    TOO_COMPLEX = "too_complex"
     NO_FACE = "no_face"
     QUOTA = "quota"
     COOLDOWN = "cooldown"
@@ -60,6 +69,7 @@ class RefusalKind(StrEnum):
     CANCELLED = "cancelled"
     TIMEOUT = "timeout"
     RESEND = "resend"
+    UNDELIVERED = "undelivered"
     INTERNAL = "internal"
 
 
@@ -89,14 +99,6 @@ class Upload:
     filename: str | None = None
 
 
-@dataclass(frozen=True)
-class Ticket:
-    job_id: str
-    position: int
-    eta_s: float
-    text: str
-
-
 @dataclass
 class Toon:
     result_id: str
@@ -112,6 +114,8 @@ class Toon:
 
 
 class Reply(Protocol):
+    """How a re-render answers."""
+
     async def progress(self, text: str) -> None: ...
 
     async def deliver(self, toon: Toon) -> None: ...
@@ -119,10 +123,31 @@ class Reply(Protocol):
     async def fail(self, error: Refused) -> None: ...
 
 
-class Resumer(Protocol):
-    async def refetch(self, ref: dict[str, Any]) -> bytes | None: ...
+class JobReply(Reply, Protocol):
+    """How a job answers: `deliver` returns once the platform has the toon and raises when it
+    refused it for good (after the adapter's own retries)."""
 
-    def reply_for(self, ref: dict[str, Any]) -> Reply: ...
+    async def queued(self, text: str) -> None:
+        """The first status: faces found, place in line."""
+
+    async def delivered(self) -> None:
+        """The job is done: tidy up (status messages); best effort."""
+
+
+class JobSource(Protocol):
+    """What the service needs of an adapter to work from a job's stored chat reference."""
+
+    async def fetch(self, ref: dict[str, Any]) -> bytes:
+        """The photo again; Refused for what the user must fix, anything else means gone."""
+
+    def reply_for(self, ref: dict[str, Any]) -> JobReply:
+        """A reply to the chat the request came from, for jobs resumed after a restart."""
+
+
+class Preparer(Protocol):
+    """The prepare pool (inference/prepare_pool.py)."""
+
+    async def prepare(self, image: bytes) -> Prepared: ...
 
 
 @dataclass
@@ -130,9 +155,23 @@ class _Cached:
     """What a re-render needs: kept in memory only, for `worker.cache_ttl` seconds."""
 
     owner: tuple[str, str]
-    prepared: Any
+    prepared: Prepared
     result: Result
     faces_only: bool
+
+
+@dataclass(frozen=True)
+class _Job:
+    """An admitted request on its way from the stored reference to the delivered toon."""
+
+    id: str
+    who: Requester
+    ref: dict[str, Any]
+    reply: JobReply
+    style: str
+    strength: int | None
+    faces_only: bool
+    resumed: bool
 
 
 @dataclass
@@ -158,21 +197,33 @@ class _Progress:
             log.warning("progress update failed", exc_info=True)
 
 
+async def _best_effort(notice: Awaitable[None], job_id: str) -> None:
+    """A message to the user that may fail (blocked bot, deleted chat, network) without
+    changing what happened to the job."""
+    try:
+        await notice
+    except Exception as exc:
+        log.warning("could not tell job %s's user: %s", job_id, exc)
+
+
 class ToonService:
-    """Admission, jobs, delivery and re-renders on top of storage and the single worker."""
+    """Admission, jobs, delivery and re-renders on top of storage, the prepare pool and the
+    single worker."""
 
     def __init__(
         self,
         config: Settings,
         store: Store,
+        preparer: Preparer,
         worker: Worker,
         styles: dict[str, StyleInfo],
         default_style: str,
-        render: Callable[[Any, Any, str, int], Result],
+        render: Callable[[Prepared, Any, str, int], Result],
         metrics: Metrics | None = None,
     ) -> None:
         self._config = config
         self._store = store
+        self._preparer = preparer
         self._worker = worker
         self._styles = styles
         self._default_style = default_style
@@ -181,38 +232,40 @@ class ToonService:
         self._cache: TTLCache[str, _Cached] = TTLCache(
             config.worker.cache_size, config.worker.cache_ttl
         )
-        self._resumers: dict[str, Resumer] = {}
+        self._sources: dict[str, JobSource] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._preparing: set[asyncio.Task[None]] = set()
         self._seconds_per_job = 30.0
         self._progress_interval = config.worker.progress_interval
 
     # -- admission ---------------------------------------------------------------------------
 
-    async def precheck(self, who: Requester, upload: Upload) -> None:
-        """Refuse what can be judged before downloading: type, size, a ban."""
-        if upload.content_type and not upload.content_type.startswith(IMAGE_TYPES):
-            raise Refused(RefusalKind.NOT_IMAGE, texts.NOT_IMAGE)
-        if upload.size is not None and upload.size > self._config.limits.max_bytes:
-            raise Refused(RefusalKind.TOO_LARGE, texts.too_large(self._config.limits.max_bytes))
-        if await self._store.quotas.is_banned(_user(who)):
-            raise Refused(RefusalKind.BANNED, texts.BANNED)
-
-    async def submit(
+    async def admit(
         self,
         who: Requester,
-        image: bytes,
-        reply: Reply,
+        upload: Upload,
+        reply: JobReply,
         *,
         ref: dict[str, Any],
+        key: str | None = None,
         style: str | None = None,
         strength: int | None = None,
         faces_only: bool = False,
-    ) -> Ticket:
-        await self.precheck(who, Upload(len(image), None))
+    ) -> str | None:
+        """Judge a request from what the platform says about it, charge it and write its job
+        row with `ref` (what `JobSource.fetch` needs); download, preparation and the rest run
+        in the background. The job id, or None when `key` was admitted before (the platform
+        delivered the same request twice). Raises Refused; nothing is charged then.
+        """
+        if upload.content_type and not upload.content_type.startswith(IMAGE_TYPES):
+            raise self._refused(RefusalKind.NOT_IMAGE, texts.NOT_IMAGE)
+        if upload.size is not None and upload.size > self._config.limits.max_bytes:
+            raise self._refused(
+                RefusalKind.TOO_LARGE, texts.too_large(self._config.limits.max_bytes)
+            )
         style = self._check_style(style)
-        if self._worker.full:
-            self._metrics.refused("queue_full")
-            raise Refused(RefusalKind.QUEUE_FULL, texts.QUEUE_FULL)
+        if self._busy():
+            raise self._refused(RefusalKind.QUEUE_FULL, texts.QUEUE_FULL)
         decision = await self._store.quotas.consume(
             NewJob(
                 _user(who),
@@ -222,21 +275,21 @@ class ToonService:
                 options={"faces_only": faces_only},
                 display_name=who.name,
                 group=who.group_id,
+                key=key,
             )
         )
         if isinstance(decision, StoreRefused):
+            if decision.reason == Refusal.DUPLICATE:
+                return None
             raise self._refusal(decision)
-        job_id = decision.job_id
-        try:
-            prepared = await self._worker.prepare(image)
-            ticket = self._enqueue(job_id, who, prepared, reply, style, strength, faces_only)
-        except Exception as exc:
-            error = self._explain(exc, job_id)
-            await self._store.jobs.mark_failed(job_id, error.kind.value, refund=True)
-            self._metrics.refused(error.kind.value)
-            raise error from None
-        self._metrics.accepted()
-        return ticket
+        job = _Job(decision.job_id, who, ref, reply, style, strength, faces_only, resumed=False)
+        self._start(job)
+        return job.id
+
+    def _busy(self) -> bool:
+        """The queue counts the photos still being fetched and prepared too."""
+        waiting = self._worker.waiting + len(self._preparing)
+        return waiting >= self._config.worker.queue_size
 
     def _check_style(self, style: str | None) -> str:
         if style is None:
@@ -244,6 +297,10 @@ class ToonService:
         if style not in self._styles:
             raise Refused(RefusalKind.BAD_INPUT, texts.unknown_style(style, list(self._styles)))
         return style
+
+    def _refused(self, kind: RefusalKind, text: str) -> Refused:
+        self._metrics.refused(kind.value)
+        return Refused(kind, text)
 
     def _refusal(self, decision: StoreRefused) -> Refused:
         reason = decision.reason
@@ -259,79 +316,124 @@ class ToonService:
             return Refused(RefusalKind.RATE_LIMITED, texts.RATE_LIMITED)
         return Refused(RefusalKind.QUOTA, texts.quota_used_up(decision.allowance.resets_in))
 
-    def _enqueue(
-        self,
-        job_id: str,
-        who: Requester,
-        prepared: Any,
-        reply: Reply,
-        style: str,
-        strength: int | None,
-        faces_only: bool,
-    ) -> Ticket:
-        progress = _Progress(reply, self._progress_interval)
+    # -- a job's life --------------------------------------------------------------------------
+
+    def _start(self, job: _Job) -> None:
+        """Run the job in the background; until it is queued on the worker, stopping the bot
+        cancels it and leaves its row queued for the next start."""
+        task = asyncio.create_task(self._serve(job), name=f"job-{job.id}")
+        self._tasks.add(task)
+        self._preparing.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._preparing.discard)
+
+    async def _serve(self, job: _Job) -> None:
+        try:
+            image = await self._fetch(job)
+            prepared = await self._preparer.prepare(image)
+            future, position = self._enqueue(job, prepared)
+        except (ShuttingDown, PoolClosed):
+            return  # the bot is stopping: the row stays queued and is resumed at the next start
+        except Exception as exc:
+            await self._fail(job, exc)
+            return
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._preparing.discard(task)  # from here on, stopping lets the job finish
+        self._metrics.accepted()
+        eta = position * self._seconds_per_job / max(1, self._config.worker.max_batch)
+        await _best_effort(
+            job.reply.queued(texts.queued(len(prepared.faces), position, eta)), job.id
+        )
+        await self._complete(job, future)
+
+    async def _fetch(self, job: _Job) -> bytes:
+        """The photo from the platform, by the reference stored with the job."""
+        try:
+            return await self._sources[job.who.platform].fetch(job.ref)
+        except Refused:
+            raise
+        except Exception as exc:
+            log.warning("could not fetch the photo of job %s: %s", job.id, exc)
+            text = texts.RESTARTED if job.resumed else texts.DOWNLOAD_FAILED
+            raise Refused(RefusalKind.RESEND, text) from None
+
+    def _enqueue(self, job: _Job, prepared: Prepared) -> tuple[asyncio.Future[Any], int]:
+        progress = _Progress(job.reply, self._progress_interval)
 
         def on_progress(stage: str, step: int, total: int) -> None:
             if stage == "start":
-                self._spawn(self._store.jobs.mark_running(job_id))
+                self._spawn(self._mark_running(job.id))
             else:
                 progress.update(texts.progress(stage, step, total))
 
-        job = self._worker.submit(
-            job_id, prepared, style=style, strength=strength, on_progress=on_progress
+        queued = self._worker.submit(
+            job.id, prepared, style=job.style, strength=job.strength, on_progress=on_progress
         )
-        self._spawn(self._complete(job_id, who, job.future, reply, faces_only))
-        position = self._worker.position(job_id) or 1
-        eta = position * self._seconds_per_job / max(1, self._config.worker.max_batch)
-        return Ticket(job_id, position, eta, texts.queued(len(prepared.faces), position, eta))
+        return queued.future, self._worker.position(job.id) or 1
 
-    # -- completion --------------------------------------------------------------------------
+    async def _mark_running(self, job_id: str) -> None:
+        await self._store.jobs.mark_running(job_id)
 
-    async def _complete(
-        self,
-        job_id: str,
-        who: Requester,
-        future: asyncio.Future[Any],
-        reply: Reply,
-        faces_only: bool,
-    ) -> None:
+    async def _complete(self, job: _Job, future: asyncio.Future[Any]) -> None:
         started = time.monotonic()
         try:
             prepared, result = await future
         except ShuttingDown:
             return  # stays queued in storage; resumed on the next start
         except Exception as exc:
-            await self._fail(job_id, exc, reply)
+            await self._fail(job, exc)
             return
         self._seconds_per_job = 0.7 * self._seconds_per_job + 0.3 * (time.monotonic() - started)
-        await self._store.jobs.mark_done(job_id, timings=result.timings)
-        self._metrics.finished("done", result.timings)
-        self._cache[job_id] = _Cached((who.platform, who.user_id), prepared, result, faces_only)
-        await self._send(reply, await self._toon(job_id, result, faces_only))
-
-    async def _fail(self, job_id: str, exc: BaseException, reply: Reply) -> None:
-        """Nothing is charged for a job that produced no toon, whoever's fault it was."""
-        error = self._explain(exc, job_id)
-        if error.kind == RefusalKind.INTERNAL:
-            log.error("job %s failed", job_id, exc_info=exc)
-        if error.kind == RefusalKind.CANCELLED:
-            await self._store.jobs.mark_cancelled(job_id, refund=True)
-        else:
-            await self._store.jobs.mark_failed(job_id, error.kind.value, refund=True)
-        self._metrics.finished(error.kind.value, {})
+        if not await self._store.jobs.mark_delivering(job.id, timings=result.timings):
+            log.info("job %s was settled while it ran (cancelled or forgotten)", job.id)
+            return
+        toon = await self._toon(job.id, result, job.faces_only)
+        owner = (job.who.platform, job.who.user_id)
+        self._cache[job.id] = _Cached(owner, prepared, result, job.faces_only)  # for its buttons
         try:
-            await reply.fail(error)
-        except Exception:
-            log.warning("could not tell job %s's user about its failure", job_id, exc_info=True)
+            await job.reply.deliver(toon)
+        except Exception as exc:
+            self._cache.pop(job.id, None)
+            log.warning("toon %s could not be delivered: %s", job.id, exc)
+            await self._store.jobs.mark_failed(job.id, RefusalKind.UNDELIVERED.value, refund=True)
+            self._metrics.finished(RefusalKind.UNDELIVERED.value, {})
+            failed = Refused(RefusalKind.UNDELIVERED, texts.UNDELIVERED)
+            await _best_effort(job.reply.fail(failed), job.id)
+            return
+        await self._store.jobs.mark_done(job.id)
+        self._metrics.finished("done", result.timings)
+        await _best_effort(job.reply.delivered(), job.id)
+
+    async def _fail(self, job: _Job, exc: BaseException) -> None:
+        """Nothing is charged for a job that produced no toon, whoever's fault it was."""
+        error = self._explain(exc, job.id)
+        if error.kind == RefusalKind.INTERNAL and error is not exc:
+            log.error("job %s failed", job.id, exc_info=exc)
+            if isinstance(exc, PrepareFailed):
+                log.debug("in the prepare process: %s", exc.details)
+        if error.kind == RefusalKind.CANCELLED:
+            await self._store.jobs.mark_cancelled(job.id, refund=True)
+        else:
+            await self._store.jobs.mark_failed(job.id, error.kind.value, refund=True)
+        self._metrics.finished(error.kind.value, {})
+        await _best_effort(job.reply.fail(error), job.id)
 
     @staticmethod
     def _explain(exc: BaseException, job_id: str) -> Refused:
+        if isinstance(exc, Refused):
+            return exc
         if isinstance(exc, QueueFull):
             return Refused(RefusalKind.QUEUE_FULL, texts.QUEUE_FULL)
-        if isinstance(exc, ShuttingDown):
-            return Refused(RefusalKind.RESEND, texts.SHUTTING_DOWN)
         if isinstance(exc, NoFace):
             return Refused(RefusalKind.NO_FACE, texts.no_face(exc.skipped))
+        if isinstance(exc, PrepareTimeout) or (
+            isinstance(exc, ImageError) and exc.problem == ImageProblem.TOO_COMPLEX
+        ):
+            return Refused(RefusalKind.TOO_COMPLEX, texts.TOO_COMPLEX)
+        if isinstance(exc, PrepareCrashed):
+            return Refused(RefusalKind.NOT_IMAGE, texts.UNREADABLE)
         if isinstance(exc, ImageError):
             return Refused(RefusalKind.NOT_IMAGE, exc.reason)
         if isinstance(exc, JobCancelled):
@@ -357,13 +459,6 @@ class ToonService:
             faces_only=faces_only,
         )
 
-    @staticmethod
-    async def _send(reply: Reply, toon: Toon) -> None:
-        try:
-            await reply.deliver(toon)
-        except Exception:
-            log.exception("delivering toon %s failed", toon.result_id)
-
     # -- re-renders ----------------------------------------------------------------------------
 
     async def rerender(self, who: Requester, result_id: str, reply: Reply, *, change: str) -> None:
@@ -385,7 +480,7 @@ class ToonService:
             self._metrics.rerendered()
         cached.result, cached.faces_only = result, faces_only
         self._cache[result_id] = cached
-        await self._send(reply, await self._toon(result_id, result, faces_only))
+        await reply.deliver(await self._toon(result_id, result, faces_only))
 
     def _apply(self, cached: _Cached, change: str) -> tuple[str, int, bool]:
         style, strength = cached.result.style, cached.result.strength
@@ -466,43 +561,44 @@ class ToonService:
 
     # -- restarts ----------------------------------------------------------------------------
 
-    def register(self, platform: str, resumer: Resumer) -> None:
-        self._resumers[platform] = resumer
+    def register(self, platform: str, source: JobSource) -> None:
+        self._sources[platform] = source
 
     async def resume(self) -> int:
-        """Queue again what was accepted before a restart; tell users to resend what is gone."""
+        """Start again every job accepted before a restart: queued ones, and running or
+        delivering ones (their toon was never stored, so it is drawn again). Each job is
+        settled on its own; nothing here stops the start-up."""
         resumed = 0
-        for job in await self._store.jobs.unfinished_jobs():
-            resumer = self._resumers.get(job.platform)
-            if resumer is None:
-                await self._store.jobs.mark_failed(job.id, "platform disabled", refund=True)
-                continue
-            reply = resumer.reply_for(job.chat)
-            image = await self._refetch(resumer, job.chat)
-            if image is None:
-                await self._store.jobs.mark_failed(job.id, RefusalKind.RESEND.value, refund=True)
-                await reply.fail(Refused(RefusalKind.RESEND, texts.RESTARTED))
-                continue
-            who = Requester(job.platform, job.user.id, job.user.id)
-            faces_only = bool(job.options.get("faces_only", False))
-            try:
-                prepared = await self._worker.prepare(image)
-                self._enqueue(job.id, who, prepared, reply, job.style, job.strength, faces_only)
-            except Exception as exc:
-                error = self._explain(exc, job.id)
-                await self._store.jobs.mark_failed(job.id, error.kind.value, refund=True)
-                await reply.fail(error)
-                continue
-            resumed += 1
+        for record in await self._store.jobs.unfinished_jobs():
+            if await self._resume(record):
+                resumed += 1
         return resumed
 
-    @staticmethod
-    async def _refetch(resumer: Resumer, ref: dict[str, Any]) -> bytes | None:
-        try:
-            return await resumer.refetch(ref)
-        except Exception:
-            log.warning("could not fetch a photo again after restart", exc_info=True)
-            return None
+    async def _resume(self, record: JobRecord) -> bool:
+        source = self._sources.get(record.platform)
+        if source is None:
+            await self._store.jobs.mark_failed(record.id, "platform disabled", refund=True)
+            return False
+        job = _Job(
+            record.id,
+            Requester(record.platform, record.user.id, record.user.id),
+            record.chat,
+            source.reply_for(record.chat),
+            record.style,
+            record.strength,
+            bool(record.options.get("faces_only", False)),
+            resumed=True,
+        )
+        if record.attempts >= MAX_ATTEMPTS:
+            log.error(
+                "job %s was started %d times without finishing; given up", job.id, record.attempts
+            )
+            await self._fail(job, RuntimeError("too many attempts"))
+            return False
+        if record.status != JobStatus.QUEUED:
+            await self._store.jobs.requeue(record.id)
+        self._start(job)
+        return True
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` in the background, keeping a reference so shutdown can wait for it."""
@@ -510,10 +606,14 @@ class ToonService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def drain(self) -> None:
-        """Wait for the deliveries in progress (shutdown)."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def stop(self) -> None:
+        """Stop the jobs still being fetched or prepared (their rows stay queued), let the
+        worker finish its running batch, then wait for the deliveries in progress."""
+        for task in list(self._preparing):
+            task.cancel()
+        await self._worker.stop()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
 def _user(who: Requester) -> UserRef:

@@ -1,9 +1,12 @@
 """The Telegram adapter: python-telegram-bot in front of the platform-neutral ToonService.
 
 It decides which messages are requests (any photo or image file in a private chat; in groups
-only `/toonify` on or under a photo, or a mention in a photo's caption), judges the upload
-from what Telegram says before downloading it, and turns buttons and commands into service
-calls. Texts come from bots/texts.py; what happens to a photo is the service's business.
+only `/toonify` on or under a photo, or a mention in a photo's caption), has the service admit
+them from what Telegram says about the file (the job row is written before the update is
+confirmed to Telegram: bots/telegram_updates.py), fetches photos for the service by their
+file id, and turns buttons and commands into service calls. Handlers return as soon as a
+request is admitted; longer work (re-renders) runs in the background. Texts come from
+bots/texts.py; what happens to a photo is the service's business.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from telegram import (
@@ -26,7 +30,7 @@ from telegram import (
     User,
 )
 from telegram.constants import ChatType
-from telegram.error import BadRequest, TelegramError
+from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
     CallbackQueryHandler,
@@ -39,6 +43,7 @@ from telegram.ext import (
 from bots import texts
 from bots.config import TelegramSettings
 from bots.service import RefusalKind, Refused, Requester, ToonService, Upload
+from bots.startup import StartupFault, until_reachable
 from bots.telegram_net import RetryingRateLimiter, retrying
 from bots.telegram_replies import (
     FORGET,
@@ -49,12 +54,16 @@ from bots.telegram_replies import (
     StatusReply,
     forget_data,
 )
+from bots.telegram_updates import Poller, WebhookServer
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 PLATFORM = "telegram"
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
-BOOTSTRAP_RETRIES = 5
+START_HINT = "check the network, or telegram.api_base_url"
+TOKEN_FIX = "copy the token @BotFather gave you into TOONIFY_TELEGRAM_TOKEN"
 ADMIN_ARITY = {"quota": 2, "ban": 1, "unban": 1, "stats": 0}
 MEDIA = filters.PHOTO | filters.Document.ALL
 NOT_IMAGES = (
@@ -121,19 +130,23 @@ class TelegramBot:
     """The Telegram side of the bot: build with the config and the service, then start/stop."""
 
     def __init__(self, config: TelegramSettings, service: ToonService) -> None:
-        if config.token is None:
-            raise ValueError("telegram.token is not set (TOONIFY_TELEGRAM_TOKEN)")
+        if config.token is None or not config.token.get_secret_value().strip():
+            raise StartupFault(f"the Telegram token is empty: {TOKEN_FIX}")
         self._config = config
         self._service = service
         self._admins = frozenset(config.admins)
         self._actions: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._poller: Poller | None = None
+        self._webhook: WebhookServer | None = None
         self.app: Application = (
             Application.builder()
-            .token(config.token.get_secret_value())
+            .token(config.token.get_secret_value().strip())
             .base_url(config.api_base_url)
             .base_file_url(config.file_base_url)
             .rate_limiter(RetryingRateLimiter())
             .concurrent_updates(True)
+            .updater(None)
             .build()
         )
         self._add_handlers()
@@ -142,51 +155,68 @@ class TelegramBot:
 
     async def start(self) -> None:
         """Connect, publish the command menu, then receive updates (long polling or webhook)."""
-        await retrying(self.app.initialize)
+        await self._reach(self.app.initialize)
         commands = [BotCommand(name, description) for name, description in texts.COMMANDS]
-        await self.app.bot.set_my_commands(commands)
+        await self._reach(lambda: self.app.bot.set_my_commands(commands))
         self._service.register(PLATFORM, self)
         await self.app.start()
-        updater = self.app.updater
-        assert updater is not None
         if self._config.mode == "webhook":
-            secret = self._config.webhook_secret
-            await updater.start_webhook(
-                listen=self._config.webhook_listen,
-                port=self._config.webhook_port,
-                url_path=urlsplit(self._config.webhook_url).path.lstrip("/"),
-                webhook_url=self._config.webhook_url,
-                secret_token=secret.get_secret_value() if secret else secrets.token_urlsafe(32),
-                allowed_updates=ALLOWED_UPDATES,
-                bootstrap_retries=BOOTSTRAP_RETRIES,
-            )
+            await self._start_webhook()
         else:
-            await updater.start_polling(
-                allowed_updates=ALLOWED_UPDATES, bootstrap_retries=BOOTSTRAP_RETRIES
-            )
+            await self._reach(lambda: self.app.bot.delete_webhook())
+            self._poller = Poller(self.app, ALLOWED_UPDATES)
+            self._poller.start()
+
+    async def _start_webhook(self) -> None:
+        secret = self._config.webhook_secret
+        token = secret.get_secret_value() if secret else secrets.token_urlsafe(32)
+        self._webhook = WebhookServer(self.app, token, urlsplit(self._config.webhook_url).path)
+        await self._webhook.start(self._config.webhook_listen, self._config.webhook_port)
+        await self._reach(
+            lambda: self.app.bot.set_webhook(
+                self._config.webhook_url, secret_token=token, allowed_updates=ALLOWED_UPDATES
+            ),
+            refused="telegram.webhook_url",
+        )
+
+    async def _reach(self, call: Callable[[], Awaitable[T]], refused: str = "the request") -> T:
+        """A start-up call to Telegram: network failures retried, a refusal ends the start."""
+
+        async def attempt() -> T:
+            try:
+                return await call()
+            except InvalidToken as exc:
+                raise StartupFault(f"Telegram rejected the bot token ({exc}): {TOKEN_FIX}") from exc
+            except BadRequest as exc:
+                raise StartupFault(f"Telegram refused {refused}: {exc.message}") from exc
+
+        return await until_reachable(
+            attempt, what="Telegram", transient=(NetworkError, RetryAfter), hint=START_HINT
+        )
 
     async def stop(self) -> None:
-        """Stop receiving, let running handlers finish, drop chat actions, disconnect."""
-        if self.app.updater is not None and self.app.updater.running:
-            await self.app.updater.stop()
+        """Stop receiving (confirming what was admitted), drop background work, disconnect.
+
+        Also after a start that failed or was cut short."""
+        if self._poller is not None:
+            await self._poller.stop()
+        if self._webhook is not None:
+            await self._webhook.stop()
+        for task in [*self._actions, *self._background]:
+            task.cancel()
         if self.app.running:
             await self.app.stop()
-        for task in list(self._actions):
-            task.cancel()
         await self.app.shutdown()
 
-    # ---- Resumer: queued jobs survive a restart -------------------------------------------
+    # ---- JobSource: the service works from the stored reference ----------------------------
 
-    async def refetch(self, ref: dict[str, Any]) -> bytes | None:
-        try:
-            return await self._download(str(ref["file_id"]))
-        except BadRequest:
-            return None
+    async def fetch(self, ref: dict[str, Any]) -> bytes:
+        return await self._download(str(ref["file_id"]))
 
     def reply_for(self, ref: dict[str, Any]) -> StatusReply:
         chat_id = int(ref["chat_id"])
         actions = self._chat_actions(chat_id)
-        return StatusReply(self.app.bot, chat_id, int(ref["message_id"]), actions, ticketed=True)
+        return StatusReply(self.app.bot, chat_id, int(ref["message_id"]), actions)
 
     # ---- handlers -------------------------------------------------------------------------
 
@@ -308,12 +338,27 @@ class TelegramBot:
         who = self._requester(query.from_user, message.chat)
         actions = self._chat_actions(message.chat_id)
         reply = RerenderReply(self.app.bot, message.chat_id, message.message_id, actions)
+        task = asyncio.create_task(self._rerender(who, result_id, reply, change))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _rerender(
+        self, who: Requester, result_id: str, reply: RerenderReply, change: str
+    ) -> None:
+        """In the background: the press is confirmed to Telegram without waiting for it."""
         try:
             await self._service.rerender(who, result_id, reply, change=change)
         except Refused as refused:
-            await reply.fail(refused)
+            await self._tell(reply.fail(refused))
         except Exception as exc:
-            await reply.fail(internal(exc))
+            await self._tell(reply.fail(internal(exc)))
+
+    @staticmethod
+    async def _tell(notice: Awaitable[None]) -> None:
+        try:
+            await notice
+        except TelegramError as exc:
+            log.warning("could not answer a button press: %s", exc)
 
     async def _on_error(self, update: object, context: Context) -> None:
         """Whatever a handler did not expect: logged under an id the user can quote."""
@@ -329,26 +374,26 @@ class TelegramBot:
     # ---- the request ----------------------------------------------------------------------
 
     async def _toonify(self, photo: Message, asked: Message) -> None:
-        """Judge the upload from its metadata, download it, hand it to the service."""
+        """Have the service admit the photo from what Telegram says about it; the job row is
+        written before this returns, and with it before the update is confirmed."""
         found = media_of(photo)
         assert found is not None and asked.from_user is not None
         file_id, upload = found
         who = self._requester(asked.from_user, asked.chat)
         chat_id = photo.chat_id
         reply = StatusReply(self.app.bot, chat_id, photo.message_id, self._chat_actions(chat_id))
+        ref = {"chat_id": chat_id, "message_id": photo.message_id, "file_id": file_id}
+        key = f"{PLATFORM}:{asked.chat_id}:{asked.message_id}"
         try:
-            await self._service.precheck(who, upload)
-            reply.working()
-            image = await self._download(file_id)
-            ref = {"chat_id": chat_id, "message_id": photo.message_id, "file_id": file_id}
-            ticket = await self._service.submit(who, image, reply, ref=ref)
+            admitted = await self._service.admit(who, upload, reply, ref=ref, key=key)
         except Refused as refused:
             await reply.fail(refused)
             return
         except Exception as exc:
             await reply.fail(internal(exc))
             return
-        await reply.queued(ticket.text)
+        if admitted is not None:
+            reply.working()
 
     async def _download(self, file_id: str) -> bytes:
         async def fetch() -> bytes:

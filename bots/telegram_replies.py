@@ -128,26 +128,17 @@ class ChatActions:
 class StatusReply:
     """A new request: a status message (sent on first news, then edited), then the toon.
 
-    The toon and any refusal reply to the photo; the status message is deleted once the toon
-    is there, so the chat keeps only the photo and its toon. Progress waits for the ticket
-    ("Found 2 faces, you're #2 in line") so that it is always the first status shown; a job
-    resumed after a restart has no ticket and is created `ticketed`.
+    The toon and any refusal reply to the photo; the status message is deleted once the job is
+    done, so the chat keeps only the photo and its toon. Progress waits for the ticket ("Found
+    2 faces, you're #2 in line") so that it is always the first status shown.
     """
 
-    def __init__(
-        self,
-        bot: Bot,
-        chat_id: int,
-        photo_id: int,
-        actions: ChatActions,
-        *,
-        ticketed: bool = False,
-    ) -> None:
+    def __init__(self, bot: Bot, chat_id: int, photo_id: int, actions: ChatActions) -> None:
         self._bot = bot
         self._chat_id = chat_id
         self._photo_id = photo_id
         self._actions = actions
-        self._ticketed = ticketed
+        self._ticketed = False
         self._status_id: int | None = None
         self._finished = False
         self._lock = asyncio.Lock()
@@ -172,9 +163,11 @@ class StatusReply:
         async with self._lock:
             self._ticketed = True
             if not self._finished:
+                self.working()
                 await self._show(text)
 
     async def deliver(self, toon: Toon) -> None:
+        """Returns once Telegram has the toon; raises when it refused it for good."""
         async with self._lock:
             self._finish()
             await self._bot.send_photo(
@@ -185,6 +178,10 @@ class StatusReply:
                 reply_markup=toon_keyboard(toon),
                 reply_parameters=self._to_photo(),
             )
+
+    async def delivered(self) -> None:
+        """The status message makes way for the toon."""
+        async with self._lock:
             if self._status_id is not None:
                 with contextlib.suppress(BadRequest):
                     await self._bot.delete_message(self._chat_id, self._status_id)

@@ -38,7 +38,16 @@ TIMEOUT = "That took too long and was stopped. Nothing was charged; please try a
 RESTARTED = (
     "The bot restarted while your photo was waiting and can't fetch it again. Please resend it."
 )
-SHUTTING_DOWN = "The bot is restarting. Please send your photo again in a minute."
+TOO_COMPLEX = (
+    "That image is too complex to read in time. Please send an ordinary photo (a JPEG from "
+    "your camera works best); nothing was charged."
+)
+UNREADABLE = "I couldn't read that image. Please send it as an ordinary photo; nothing was charged."
+DOWNLOAD_FAILED = "I couldn't download your photo. Please send it again; nothing was charged."
+UNDELIVERED = (
+    "Your toon was drawn, but I couldn't send it to you. Nothing was charged; please send the "
+    "photo again."
+)
 FORGOTTEN = "Done: everything the bot knew about you has been deleted."
 FORGET_CONFIRM = "This deletes your usage history and quota settings. Are you sure?"
 

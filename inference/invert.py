@@ -41,6 +41,10 @@ class Cancelled(Exception):
     """The caller asked to stop; raised between two optimisation steps."""
 
 
+class PerceptualModelError(RuntimeError):
+    """vgg16.pt is there but is not NVIDIA's network (damaged, cut short, another file)."""
+
+
 class PerceptualModelMissingError(FileNotFoundError):
     """NVIDIA's vgg16.pt is not where the configuration says; the message says how to get it."""
 
@@ -95,10 +99,20 @@ def load_perceptual(path: Path, device: torch.device | str = "cpu") -> torch.jit
     """NVIDIA's TorchScript VGG16 (LPIPS-style features); no torchvision needed."""
     if not path.is_file():
         raise PerceptualModelMissingError(path)
-    with warnings.catch_warnings():
-        # TorchScript is deprecated, but it is the only form NVIDIA publishes this network in.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.load(str(path), map_location=device).eval()
+    try:
+        with warnings.catch_warnings():
+            # TorchScript is deprecated, but it is the only form NVIDIA publishes this network in.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            vgg = torch.jit.load(str(path), map_location=device).eval()
+        with torch.no_grad():  # the call inversion makes, on a tiny picture
+            grey = torch.full((1, 3, 32, 32), 128.0, device=device)
+            vgg(grey, resize_images=False, return_lpips=True)
+    except Exception as exc:  # torch reports damaged archives and wrong networks many ways
+        raise PerceptualModelError(
+            f"{path} is not NVIDIA's vgg16.pt (damaged, cut short or another file): delete it "
+            "and run `toonify models fetch-vgg16`"
+        ) from exc
+    return vgg
 
 
 def perceptual_distance(vgg: Callable[..., torch.Tensor], targets: torch.Tensor) -> Distance:

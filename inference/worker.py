@@ -42,9 +42,8 @@ class ShuttingDown(Exception):
 
 
 class Engine(Protocol):
-    """What the worker needs of the Toonifier (inference/pipeline.py)."""
-
-    def prepare(self, image: bytes) -> Any: ...
+    """What the worker needs of the Toonifier (inference/pipeline.py); photos arrive prepared
+    (inference/prepare_pool.py)."""
 
     def invert(
         self,
@@ -94,7 +93,6 @@ class Worker:
         self._running: list[Job] = []
         self._wakeup = asyncio.Event()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self._prepare_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         self._task: asyncio.Task[None] | None = None
         self._accepting = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -109,6 +107,11 @@ class Worker:
         return len(self._waiting) + len(self._running)
 
     @property
+    def waiting(self) -> int:
+        """Jobs in line, not running yet."""
+        return len(self._waiting)
+
+    @property
     def full(self) -> bool:
         return len(self._waiting) >= self._queue_size
 
@@ -116,13 +119,6 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._accepting = True
         self._task = asyncio.create_task(self._drain(), name="inference-worker")
-
-    async def prepare(self, image: bytes) -> Any:
-        """Decode, detect and align on a CPU thread of its own: refusals come before the queue."""
-        if not self._accepting:
-            raise ShuttingDown
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._prepare_thread, self._engine.prepare, image)
 
     def submit(
         self,
@@ -187,7 +183,6 @@ class Worker:
         if self._task is not None:
             await self._task
         self._thread.shutdown(wait=True)
-        self._prepare_thread.shutdown(wait=True)
         for job in left:
             job.future.set_exception(ShuttingDown())
         return left

@@ -73,9 +73,15 @@ class Jobs:
         )
 
     async def mark_delivering(self, job_id: str, *, timings: Mapping[str, float]) -> bool:
-        """The toon is drawn (`timings`: seconds per pipeline stage) and is being sent."""
+        """The toon is drawn (`timings`: seconds per pipeline stage) and is being sent.
+
+        From `queued` too: the worker reports a start in the background and may finish first.
+        """
         return await self._move(
-            job_id, (JobStatus.RUNNING,), status=JobStatus.DELIVERING, timings=dict(timings)
+            job_id,
+            (JobStatus.QUEUED, JobStatus.RUNNING),
+            status=JobStatus.DELIVERING,
+            timings=dict(timings),
         )
 
     async def requeue(self, job_id: str) -> bool:

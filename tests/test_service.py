@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
+import logging
 import os
 import signal
 import socket
@@ -16,11 +18,27 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from bots.app import App, serve
-from bots.service import RefusalKind, Refused, Requester, ToonService
+from bots import texts
+from bots.app import App, Interrupted, serve
+from bots.config import Settings
+from bots.service import RefusalKind, Refused, Requester, ToonService, Upload
 from inference.pipeline import Toonifier
-from storage import JobStatus, Store, UserRef
-from tests.service_fixtures import RecordingReply, cat_jpeg, face_jpeg, settings, tiny_app
+from inference.prepare_pool import PreparePool, PrepareSpec
+from storage import Admitted, JobStatus, NewJob, Store, UserRef
+from tests import prepare_hooks
+from tests.service_fixtures import (
+    PHOTOS,
+    PLATFORM,
+    Photos,
+    RecordingReply,
+    cat_jpeg,
+    face_jpeg,
+    settings,
+    submit,
+    tiny_app,
+)
+
+HANG_BUDGET = 20.0
 
 
 class Gated:
@@ -30,13 +48,12 @@ class Gated:
         self.inner = toonifier
         self.styles = toonifier.styles
         self.default_style = toonifier.default_style
+        self.detector = toonifier.detector
+        self.resolution = toonifier.resolution
         self.gate = threading.Event()
         self.gate.set()
         self.inverted = 0
         self.fail_finish = False
-
-    def prepare(self, image: bytes) -> Any:
-        return self.inner.prepare(image)
 
     def invert(self, batch: list[Any], progress: Any = None, should_stop: Any = None) -> Any:
         self.gate.wait(30)
@@ -59,7 +76,7 @@ def toonifier(tmp_path_factory: pytest.TempPathFactory) -> Toonifier:
 
 
 def user(n: int = 1) -> Requester:
-    return Requester("test", str(n), f"user {n}")
+    return Requester(PLATFORM, str(n), f"user {n}")
 
 
 async def used(app: App, who: Requester) -> int:
@@ -76,7 +93,7 @@ async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
 async def test_a_photo_becomes_a_toon_and_costs_one(tmp_path: Path, toonifier: Toonifier) -> None:
     async with tiny_app(tmp_path, toonifier=toonifier) as app:
         reply = RecordingReply()
-        ticket = await app.service.submit(user(), face_jpeg(), reply, ref={"chat": 1})
+        ticket = await submit(app, user(), face_jpeg(), reply)
         assert ticket.text.startswith("Found 1 face")
         await reply.wait()
         assert not reply.failures
@@ -93,7 +110,8 @@ async def test_a_photo_becomes_a_toon_and_costs_one(tmp_path: Path, toonifier: T
         job = await app.store.jobs.get(ticket.job_id)
         assert job is not None
         assert job.status == JobStatus.DONE
-        assert job.chat == {"chat": 1}
+        assert job.timings.keys() >= {"decode", "detect", "align", "invert", "render"}
+        assert reply.tidied == 1
 
 
 async def test_fifty_users_each_get_one_toon_in_fifo_order(
@@ -119,7 +137,7 @@ async def test_fifty_users_each_get_one_toon_in_fifo_order(
         replies = [Ordered(who.user_id) for who in users]
         tickets = await asyncio.gather(
             *(
-                app.service.submit(who, face_jpeg(), reply, ref={})
+                submit(app, who, face_jpeg(), reply)
                 for who, reply in zip(users, replies, strict=True)
             )
         )
@@ -139,11 +157,11 @@ async def test_full_queue_says_busy_and_charges_nothing(
     gated.gate.clear()
     async with tiny_app(tmp_path, toonifier=gated, worker={"queue_size": 1}) as app:
         running, waiting = RecordingReply(), RecordingReply()
-        await app.service.submit(user(1), face_jpeg(), running, ref={})
+        await submit(app, user(1), face_jpeg(), running)
         await until(lambda: not app.worker.full)  # the first job left the queue: it runs
-        await app.service.submit(user(2), face_jpeg(), waiting, ref={})
+        await submit(app, user(2), face_jpeg(), waiting)
         with pytest.raises(Refused) as refused:
-            await app.service.submit(user(3), face_jpeg(), RecordingReply(), ref={})
+            await submit(app, user(3), face_jpeg(), RecordingReply())
         assert refused.value.kind == RefusalKind.QUEUE_FULL
         assert "busy" in refused.value.text
         assert await used(app, user(3)) == 0
@@ -160,8 +178,8 @@ async def test_our_failure_is_refunded_and_the_next_job_runs(
     gated.fail_finish = True
     async with tiny_app(tmp_path, toonifier=gated) as app:
         broken, fine = RecordingReply(), RecordingReply()
-        ticket = await app.service.submit(user(1), face_jpeg(), broken, ref={})
-        await app.service.submit(user(2), face_jpeg(), fine, ref={})
+        ticket = await submit(app, user(1), face_jpeg(), broken)
+        await submit(app, user(2), face_jpeg(), fine)
         await broken.wait()
         await fine.wait()
         error = broken.failures[0]
@@ -185,7 +203,7 @@ async def test_user_errors_are_refused_before_the_queue_and_cost_nothing(
 ) -> None:
     async with tiny_app(tmp_path, toonifier=toonifier) as app:
         with pytest.raises(Refused) as refused:
-            await app.service.submit(user(), photo(), RecordingReply(), ref={})
+            await submit(app, user(), photo(), RecordingReply())
         assert refused.value.kind == kind
         assert await used(app, user()) == 0
         assert app.worker.depth == 0
@@ -196,14 +214,14 @@ async def test_quota_and_limits(tmp_path: Path, toonifier: Toonifier) -> None:
         tmp_path, toonifier=toonifier, quota={"daily": 1}, limits={"max_bytes": 200_000}
     ) as app:
         reply = RecordingReply()
-        await app.service.submit(user(), face_jpeg(), reply, ref={})
+        await submit(app, user(), face_jpeg(), reply)
         await reply.wait()
         with pytest.raises(Refused) as refused:
-            await app.service.submit(user(), face_jpeg(), RecordingReply(), ref={})
+            await submit(app, user(), face_jpeg(), RecordingReply())
         assert refused.value.kind == RefusalKind.QUOTA
         assert "reset" in refused.value.text
         with pytest.raises(Refused) as too_big:
-            await app.service.submit(user(2), b"\xff" * 200_001, RecordingReply(), ref={})
+            await submit(app, user(2), b"\xff" * 200_001, RecordingReply())
         assert too_big.value.kind == RefusalKind.TOO_LARGE
 
 
@@ -212,8 +230,8 @@ async def test_cancel_a_queued_and_a_running_job(tmp_path: Path, toonifier: Toon
     gated.gate.clear()
     async with tiny_app(tmp_path, toonifier=gated) as app:
         running, queued = RecordingReply(), RecordingReply()
-        first = await app.service.submit(user(1), face_jpeg(), running, ref={})
-        second = await app.service.submit(user(2), face_jpeg(), queued, ref={})
+        first = await submit(app, user(1), face_jpeg(), running)
+        second = await submit(app, user(2), face_jpeg(), queued)
         assert not await app.service.cancel(user(1), second.job_id)  # not theirs
         assert await app.service.cancel(user(2), second.job_id)
         await queued.wait()
@@ -230,7 +248,7 @@ async def test_rerender_without_a_new_inversion(tmp_path: Path, toonifier: Tooni
     gated = Gated(toonifier)
     async with tiny_app(tmp_path, toonifier=gated) as app:
         reply = RecordingReply()
-        ticket = await app.service.submit(user(), face_jpeg(), reply, ref={})
+        ticket = await submit(app, user(), face_jpeg(), reply)
         await reply.wait()
         await app.service.rerender(user(), ticket.job_id, reply, change="more")
         await app.service.rerender(user(), ticket.job_id, reply, change="faces")
@@ -248,13 +266,12 @@ async def test_rerender_without_a_new_inversion(tmp_path: Path, toonifier: Tooni
         assert expired.value.kind == RefusalKind.EXPIRED
 
 
-class ScriptedAdapter:
-    """An in-process adapter that can fetch a job's photo again after a restart."""
+class ScriptedAdapter(Photos):
+    """The "test" platform as an adapter of the second start: fetches photos from PHOTOS."""
 
-    def __init__(self, service: ToonService, photos: dict[str, bytes]) -> None:
-        self.photos = photos
-        self.replies: dict[str, RecordingReply] = {}
-        service.register("test", self)
+    def __init__(self, service: ToonService) -> None:
+        super().__init__()
+        service.register(PLATFORM, self)
 
     async def start(self) -> None:
         pass
@@ -262,51 +279,180 @@ class ScriptedAdapter:
     async def stop(self) -> None:
         pass
 
-    async def refetch(self, ref: dict[str, Any]) -> bytes | None:
-        return self.photos.get(ref["photo"])
 
-    def reply_for(self, ref: dict[str, Any]) -> RecordingReply:
-        return self.replies.setdefault(ref["photo"], RecordingReply())
+async def admit(app: App, who: Requester, name: str, reply: RecordingReply) -> str:
+    """Admit the photo PHOTOS[name] without waiting for it."""
+    job_id = await app.service.admit(who, Upload(None, None), reply, ref={"photo": name})
+    assert job_id is not None
+    return job_id
 
 
-async def test_queued_jobs_survive_a_restart(tmp_path: Path, toonifier: Toonifier) -> None:
+def held_pool(gate: Path, processes: int = 2) -> Callable[[Settings, Any], PreparePool]:
+    """Prepare processes whose photos wait in decoding while `gate` exists."""
+
+    def make(config: Settings, engine: Any) -> PreparePool:
+        spec = PrepareSpec.of(
+            engine.detector,
+            config.faces,
+            config.limits,
+            engine.resolution,
+            functools.partial(prepare_hooks.hold_while, gate),
+        )
+        return PreparePool(spec, processes=processes, timeout=60)
+
+    return make
+
+
+def lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+async def test_a_stop_keeps_queued_and_preparing_jobs_for_the_next_start(
+    tmp_path: Path, toonifier: Toonifier
+) -> None:
     gated = Gated(toonifier)
     gated.gate.clear()
-    async with tiny_app(tmp_path, toonifier=gated) as app:
+    hold = tmp_path / "hold"
+    PHOTOS.update(three=face_jpeg(), gone=face_jpeg())
+    async with tiny_app(tmp_path, toonifier=gated, pool=held_pool(hold)) as app:
         running = RecordingReply()
-        await app.service.submit(user(1), face_jpeg(), running, ref={"photo": "one"})
-        kept = await app.service.submit(
-            user(2), face_jpeg(), RecordingReply(), ref={"photo": "two"}
-        )
-        gone = await app.service.submit(
-            user(3), face_jpeg(), RecordingReply(), ref={"photo": "gone"}
-        )
-        stopping = asyncio.create_task(app.worker.stop())
-        await asyncio.sleep(0.05)
+        await submit(app, user(1), face_jpeg(), running)  # inverting, until the gate opens
+        kept = await submit(app, user(2), face_jpeg(), RecordingReply())  # in line
+        hold.write_text("")
+        preparing = await admit(app, user(3), "three", RecordingReply())
+        gone = await admit(app, user(4), "gone", RecordingReply())
+        await until(lambda: lines(hold) == 2, timeout=30)  # both in their prepare processes
+        stopping = asyncio.create_task(app.stop())
+        await until(lambda: app.worker.waiting == 0)  # the worker stopped taking jobs
         gated.gate.set()
         await stopping
-        await running.wait()
-        assert running.toons  # the running job finished before the worker stopped
+        assert running.toons  # the running job finished and was delivered
+    del PHOTOS["gone"]
     store = await Store.open(settings(tmp_path).storage.url, settings(tmp_path).quota)
-    assert {job.id for job in await store.jobs.unfinished_jobs()} == {kept.job_id, gone.job_id}
+    unfinished = await store.jobs.unfinished_jobs()
     await store.close()
+    assert {job.id for job in unfinished} == {kept.job_id, preparing, gone}
+    assert {job.status for job in unfinished} == {JobStatus.QUEUED}
 
-    photos = {"two": face_jpeg()}
     adapters: list[ScriptedAdapter] = []
 
     def make(_: Any, service: ToonService) -> list[Any]:
-        adapters.append(ScriptedAdapter(service, photos))
+        adapters.append(ScriptedAdapter(service))
         return adapters
 
     async with tiny_app(tmp_path, adapters=make, toonifier=toonifier) as app:
         replies = adapters[0].replies
-        await replies["two"].wait()
-        await replies["gone"].wait()
-        assert replies["two"].toons
+        for name in ("three", "gone"):
+            await replies[name].wait()
+        assert replies["three"].toons
         assert replies["gone"].failures[0].kind == RefusalKind.RESEND
+        assert replies["gone"].failures[0].text == texts.RESTARTED
+        await until(lambda: len(replies) == 3)
+        [second] = set(replies) - {"three", "gone"}
+        await replies[second].wait()
+        assert replies[second].toons
         assert await app.store.jobs.unfinished_jobs() == []
-        assert await used(app, user(3)) == 0
-        assert await used(app, user(2)) == 1
+        assert [await used(app, user(n)) for n in (1, 2, 3, 4)] == [1, 1, 1, 0]
+
+
+def hanging_pool(config: Settings, engine: Any) -> PreparePool:
+    spec = PrepareSpec.of(
+        engine.detector,
+        config.faces,
+        config.limits,
+        engine.resolution,
+        prepare_hooks.hang_marked_photos,
+    )
+    return PreparePool(spec, processes=2, timeout=HANG_BUDGET)
+
+
+async def test_a_photo_that_hangs_in_decoding_is_refused_while_another_user_is_served(
+    tmp_path: Path, toonifier: Toonifier
+) -> None:
+    pid_file = tmp_path / "pid"
+    PHOTOS["hostile"] = prepare_hooks.hang_marker(pid_file)
+    async with tiny_app(
+        tmp_path, toonifier=toonifier, pool=hanging_pool, quota={"cooldown": 3600}
+    ) as app:
+        hostile, fine = RecordingReply(), RecordingReply()
+        await admit(app, user(1), "hostile", hostile)
+        await until(pid_file.exists, timeout=30)  # hanging in its prepare process
+        await submit(app, user(2), face_jpeg(), fine)
+        await fine.wait()
+        assert fine.toons and not hostile.failures  # served while the other one still hangs
+        await hostile.wait(HANG_BUDGET + 30)
+        assert hostile.failures[0].kind == RefusalKind.TOO_COMPLEX
+        assert hostile.failures[0].text == texts.TOO_COMPLEX
+        assert await used(app, user(1)) == 0
+        with pytest.raises(Refused) as again:  # it still counts for the cooldown
+            await submit(app, user(1), face_jpeg(), RecordingReply())
+        assert again.value.kind == RefusalKind.COOLDOWN
+
+
+class Unreachable(RecordingReply):
+    """A chat the toon cannot be sent to (the platform keeps refusing it)."""
+
+    async def deliver(self, toon: Any) -> None:
+        raise ConnectionError("the platform is down")
+
+
+async def test_a_toon_that_cannot_be_delivered_is_failed_refunded_and_said(
+    tmp_path: Path, toonifier: Toonifier
+) -> None:
+    async with tiny_app(tmp_path, toonifier=toonifier) as app:
+        reply = Unreachable()
+        ticket = await submit(app, user(), face_jpeg(), reply)
+        await reply.wait()
+        assert reply.failures[0].kind == RefusalKind.UNDELIVERED
+        assert reply.failures[0].text == texts.UNDELIVERED
+        job = await app.store.jobs.get(ticket.job_id)
+        assert job is not None
+        assert (job.status, job.refunded) == (JobStatus.FAILED, True)
+        assert await used(app, user()) == 0
+        assert reply.tidied == 0
+
+
+async def test_a_request_the_platform_delivers_twice_is_one_job(
+    tmp_path: Path, toonifier: Toonifier
+) -> None:
+    PHOTOS["twice"] = face_jpeg()
+    async with tiny_app(tmp_path, toonifier=toonifier) as app:
+        first, second = RecordingReply(), RecordingReply()
+        upload, ref = Upload(None, None), {"photo": "twice"}
+        job = await app.service.admit(user(), upload, first, ref=ref, key="test:1:1")
+        again = await app.service.admit(user(), upload, second, ref=ref, key="test:1:1")
+        assert job is not None and again is None
+        await first.wait()
+        assert first.toons and not second.queued_texts and not second.failures
+        assert await used(app, user()) == 1
+
+
+async def test_a_job_that_never_finishes_is_given_up_after_three_starts(
+    tmp_path: Path, toonifier: Toonifier
+) -> None:
+    config = settings(tmp_path)
+    store = await Store.open(config.storage.url, config.quota)
+    decision = await store.quotas.consume(
+        NewJob(UserRef(PLATFORM, "1"), "toon", chat={"photo": "x"})
+    )
+    assert isinstance(decision, Admitted)
+    for _ in range(3):  # started three times, and each time the bot died
+        await store.jobs.mark_running(decision.job_id)
+        await store.jobs.requeue(decision.job_id)
+    await store.close()
+    adapters: list[ScriptedAdapter] = []
+
+    def make(_: Any, service: ToonService) -> list[Any]:
+        adapters.append(ScriptedAdapter(service))
+        return adapters
+
+    async with tiny_app(tmp_path, adapters=make, toonifier=toonifier) as app:
+        reply = adapters[0].replies["x"]
+        await reply.wait()
+        assert reply.failures[0].kind == RefusalKind.INTERNAL
+        job = await app.store.jobs.get(decision.job_id)
+        assert job is not None
+        assert (job.status, job.refunded) == (JobStatus.FAILED, True)
 
 
 def free_port() -> int:
@@ -319,7 +465,7 @@ async def test_ops_endpoints_answer(tmp_path: Path, toonifier: Toonifier) -> Non
     port = free_port()
     async with tiny_app(tmp_path, toonifier=toonifier, ops={"port": port}) as app:
         reply = RecordingReply()
-        await app.service.submit(user(), face_jpeg(), reply, ref={})
+        await submit(app, user(), face_jpeg(), reply)
         await reply.wait()
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
@@ -334,21 +480,32 @@ async def test_ops_endpoints_answer(tmp_path: Path, toonifier: Toonifier) -> Non
         assert "toonify_queue_depth 0.0" in metrics
 
 
-async def test_sigterm_shuts_the_bot_down_cleanly(tmp_path: Path) -> None:
+async def test_sigterm_shuts_the_bot_down_cleanly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "bots.app")
     port = free_port()
     config = settings(tmp_path, ops={"port": port})
     task = asyncio.create_task(serve(config))
-    async with aiohttp.ClientSession() as http:
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
+    await until(lambda: "toonify-bot is running" in caplog.messages, timeout=60)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/healthz") as response,
+    ):
+        assert response.status == 200
     os.kill(os.getpid(), signal.SIGTERM)
     await asyncio.wait_for(task, 30)
     with pytest.raises(aiohttp.ClientConnectionError):
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/healthz"):
             pass
+
+
+async def test_sigterm_while_starting_stops_what_was_started(tmp_path: Path) -> None:
+    config = settings(tmp_path)
+    task = asyncio.create_task(serve(config))
+    await asyncio.sleep(0.1)  # loading models
+    os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(Interrupted):
+        await asyncio.wait_for(task, 30)
+    # The models go on loading in their thread, which nothing waits for.
+    await until(lambda: "load-models" not in {t.name for t in threading.enumerate()}, 60)

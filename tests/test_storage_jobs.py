@@ -80,9 +80,9 @@ async def test_delivering_keeps_stage_timings_until_done(tmp_path: Path) -> None
     async with await open_storage(tmp_path, FakeClock()) as storage:
         ident = job_id(await storage.quotas.consume(NewJob(ALICE, style="toon")))
         timings = {"invert": 41.5, "render": 0.8}
-        assert not await storage.jobs.mark_delivering(ident, timings=timings)  # not running yet
         assert await storage.jobs.mark_running(ident)
         assert await storage.jobs.mark_delivering(ident, timings=timings)
+        assert not await storage.jobs.mark_running(ident)
         delivering = await storage.jobs.get(ident)
         assert delivering is not None and delivering.status is JobStatus.DELIVERING
         assert [j.id for j in await storage.jobs.unfinished_jobs()] == [ident]

@@ -30,11 +30,6 @@ class ScriptedEngine:
     oom_above: int | None = None
     release: threading.Event | None = None
 
-    def prepare(self, image: bytes) -> str:
-        if image == b"bad":
-            raise ValueError("not an image")
-        return image.decode()
-
     def invert(
         self,
         batch: list[str],
@@ -69,7 +64,7 @@ async def started(engine: ScriptedEngine, **options: Any) -> Worker:
 
 
 async def submit(worker: Worker, name: str, **kwargs: Any) -> Any:
-    return worker.submit(name, await worker.prepare(name.encode()), **kwargs)
+    return worker.submit(name, name, **kwargs)
 
 
 async def test_every_job_gets_its_result_in_fifo_order() -> None:
@@ -117,14 +112,6 @@ async def test_a_failing_job_fails_alone_and_the_next_still_runs() -> None:
     with pytest.raises(RuntimeError, match="kaboom"):
         await boom.future
     assert (await fine.future)[1].startswith("toon:fine")
-    await worker.stop()
-
-
-async def test_prepare_errors_reach_the_caller_before_queueing() -> None:
-    worker = await started(ScriptedEngine())
-    with pytest.raises(ValueError, match="not an image"):
-        await worker.prepare(b"bad")
-    assert worker.depth == 0
     await worker.stop()
 
 

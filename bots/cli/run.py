@@ -1,23 +1,50 @@
-"""`toonify run`: start the bot."""
+"""`toonify run`: start the bot; every fault that stops it is one line naming the fix."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import NoReturn
 
 import typer
 
-from bots.cli.common import fail, settings
-from bots.config import ENV_PREFIX, Settings
+from bots.cli.common import err_console, fail, settings
+from bots.config import DEFAULT_PATH, ENV_PREFIX, Settings, origin
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED = 130
 
 
 def missing_tokens(config: Settings) -> list[str]:
-    """The environment variables an enabled adapter still needs."""
+    """The environment variables an enabled adapter still needs (unset or empty)."""
     missing = []
     for name in ("telegram", "discord"):
         section = getattr(config, name)
-        if section.enabled and section.token is None:
+        if section.enabled and (section.token is None or not section.token.get_secret_value()):
             missing.append(f"{ENV_PREFIX}{name.upper()}_TOKEN")
     return missing
+
+
+def _config_file(ctx: typer.Context) -> Path | None:
+    path: Path | None = ctx.find_root().params.get("config")
+    return path or (DEFAULT_PATH if DEFAULT_PATH.exists() else None)
+
+
+def _stopped(message: str, exc: BaseException) -> NoReturn:
+    """One line for the operator; the traceback only in the log, at DEBUG."""
+    log.debug("the bot stopped", exc_info=exc)
+    fail(message)
+
+
+def _interrupted() -> NoReturn:
+    """Exit now: models may still be loading in a thread that the interpreter's own exit
+    would abort in the middle of torch (an uncaught C++ terminate)."""
+    err_console.print("[red]error:[/red] stopped before the bot had started", highlight=False)
+    logging.shutdown()
+    os._exit(INTERRUPTED)
 
 
 def run(ctx: typer.Context) -> None:
@@ -30,10 +57,22 @@ def run(ctx: typer.Context) -> None:
         )
     if missing := missing_tokens(config):
         fail(f"an enabled adapter has no token: set {' and '.join(missing)}")
-    from bots.app import serve
-    from inference.pipeline import MODEL_LOAD_ERRORS
-
+    try:
+        from bots.app import Interrupted, serve
+        from bots.startup import StartupFault
+        from inference.pipeline import MODEL_LOAD_ERRORS, device_problem
+    except KeyboardInterrupt:
+        _interrupted()
+    if problem := device_problem(config.models.device):
+        where = origin("models.device", _config_file(ctx), os.environ)
+        fail(f"{where}: models.device {config.models.device!r}: {problem}", code=2)
     try:
         asyncio.run(serve(config))
+    except (KeyboardInterrupt, Interrupted):
+        _interrupted()
+    except StartupFault as exc:
+        _stopped(str(exc), exc)
     except MODEL_LOAD_ERRORS as exc:
-        fail(f"cannot start: {exc}")
+        _stopped(f"cannot start: {exc}", exc)
+    except Exception as exc:
+        _stopped(f"stopped by {type(exc).__name__}: {exc} (logging.level = DEBUG tells where)", exc)
