@@ -17,7 +17,7 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -370,11 +370,26 @@ class _ChannelReply:
         self._status: discord.Message | None = None
         self._lock = asyncio.Lock()
         self._finished = False
+        self._typing: asyncio.Task[None] | None = None
 
     def _replying(self) -> dict[str, Any]:
         return {"reference": self._reference} if self._reference is not None else {}
 
+    def working(self) -> None:
+        """Show the bot typing while the photo is fetched and prepared."""
+        if self._typing is None:
+            self._typing = self._bot.in_background(self._type())
+
+    async def _type(self) -> None:
+        async with self._channel.typing():
+            await asyncio.Event().wait()  # until cancelled by the first news
+
+    def _news(self) -> None:
+        if self._typing is not None:
+            self._typing.cancel()
+
     async def queued(self, text: str) -> None:
+        self._news()
         await self.progress(text)
 
     async def progress(self, text: str) -> None:
@@ -405,6 +420,7 @@ class _ChannelReply:
                 await self._status.delete()
 
     async def fail(self, error: Refused) -> None:
+        self._news()
         async with self._lock:
             self._finished = True
             if self._status is not None:
@@ -461,6 +477,7 @@ class DiscordBot(discord.Client):
         self._origins = download_origins(config.discord)
         self._session: aiohttp.ClientSession | None = None
         self.connected = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
         self.tree = app_commands.CommandTree(self)
         self.tree.error(self._on_command_error)
         self._add_commands()
@@ -482,9 +499,18 @@ class DiscordBot(discord.Client):
         self.connected.set()
 
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         await super().close()
         if self._session is not None:
             await self._session.close()
+
+    def in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task that closing the client cancels."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def _sync_commands(self) -> None:
         """Globally, or only to the configured servers (instant updates, no global copies)."""
@@ -642,6 +668,8 @@ class DiscordBot(discord.Client):
             await self._admit(who, attachment, reply, ref, key, None, None)
         except Refused as refused:
             await reply.fail(refused)
+            return
+        reply.working()
 
     @staticmethod
     def _ref(

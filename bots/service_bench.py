@@ -1,7 +1,8 @@
 """What the request flow costs around inference, measured on tiny random models.
 
 Overhead is everything a job pays outside the Toonifier's own calls: admission and job rows in
-SQLite, the queue, thread hand-offs, progress relaying, JPEG encoding and delivery.
+SQLite, the hand-off to a prepare process and back, the queue, thread hand-offs, progress
+relaying, JPEG encoding and delivery.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from skimage import data
 
 from bots.app import App
 from bots.config import Settings
-from bots.service import Refused, Toon
+from bots.service import Refused, Toon, Upload
 from bots.service import Requester as Who
 from inference.checkpoints import save_generator
-from inference.pipeline import Toonifier
+from inference.pipeline import Prepared, Toonifier
 from inference.stylegan2 import Architecture, Generator
 from storage import Store
 
+PLATFORM = "bench"
+PREPARE_STAGES = ("decode", "detect", "align")
 TINY = Architecture(
     resolution=32, channel_multiplier=1, w_dim=64, n_mlp=2, channel_max=16, channel_base=512
 )
@@ -41,12 +44,15 @@ class ServiceFigures:
 
 
 class _TimedEngine:
-    """The real Toonifier, adding up the seconds its own calls take."""
+    """The real Toonifier, adding up the seconds its own calls take (and those its photos
+    took in their prepare process)."""
 
     def __init__(self, inner: Toonifier) -> None:
         self._inner = inner
         self.styles = inner.styles
         self.default_style = inner.default_style
+        self.detector = inner.detector
+        self.resolution = inner.resolution
         self.seconds = 0.0
         self._lock = threading.Lock()
 
@@ -58,14 +64,13 @@ class _TimedEngine:
             with self._lock:
                 self.seconds += time.perf_counter() - start
 
-    def prepare(self, image: bytes) -> Any:
-        return self._timed(self._inner.prepare, image)
-
     def invert(self, *args: Any, **kwargs: Any) -> Any:
         return self._timed(self._inner.invert, *args, **kwargs)
 
-    def finish(self, *args: Any) -> Any:
-        return self._timed(self._inner.finish, *args)
+    def finish(self, prepared: Prepared, *args: Any) -> Any:
+        with self._lock:
+            self.seconds += sum(prepared.timings.get(s, 0.0) for s in PREPARE_STAGES)
+        return self._timed(self._inner.finish, prepared, *args)
 
     def render(self, *args: Any) -> Any:
         return self._timed(self._inner.render, *args)
@@ -75,14 +80,33 @@ class _Reply:
     def __init__(self) -> None:
         self.done = asyncio.Event()
 
+    async def queued(self, text: str) -> None:
+        pass
+
     async def progress(self, text: str) -> None:
         pass
 
     async def deliver(self, toon: Toon) -> None:
+        pass
+
+    async def delivered(self) -> None:
         self.done.set()
 
     async def fail(self, error: Refused) -> None:
         raise RuntimeError(f"benchmark job failed: {error.text}")
+
+
+class _Photo:
+    """The benchmark's platform: every job's photo is the same one."""
+
+    def __init__(self, photo: bytes) -> None:
+        self._photo = photo
+
+    async def fetch(self, ref: dict[str, Any]) -> bytes:
+        return self._photo
+
+    def reply_for(self, ref: dict[str, Any]) -> _Reply:
+        return _Reply()
 
 
 def _config(folder: Path, steps: int, max_batch: int, jobs: int) -> Settings:
@@ -96,7 +120,12 @@ def _config(folder: Path, steps: int, max_batch: int, jobs: int) -> Settings:
         },
         faces={"backend": "dlib"},
         invert={"loss": "pixel", "steps": steps},
-        worker={"queue_size": jobs, "max_batch": max_batch, "progress_interval": 0.5},
+        worker={
+            "queue_size": jobs,
+            "max_batch": max_batch,
+            "progress_interval": 0.5,
+            "prepare_processes": 1,
+        },
         quota={"daily": 1_000_000, "cooldown": 0, "max_in_flight": jobs},
         storage={"url": f"sqlite+aiosqlite:///{folder / 'bench.db'}"},
     )
@@ -108,34 +137,38 @@ def _photo() -> bytes:
     return buffer.getvalue()
 
 
-async def _app(folder: Path, steps: int, max_batch: int, jobs: int) -> tuple[App, _TimedEngine]:
+async def _app(
+    folder: Path, steps: int, max_batch: int, jobs: int, photo: bytes
+) -> tuple[App, _TimedEngine]:
     config = _config(folder, steps, max_batch, jobs)
     engine = _TimedEngine(await asyncio.to_thread(Toonifier.from_config, config))
     app = App(config, engine, await Store.open(config.storage.url, config.quota))
+    app.service.register(PLATFORM, _Photo(photo))
     await app.start([])
     return app, engine
 
 
-async def _one_by_one(app: App, engine: _TimedEngine, jobs: int, photo: bytes) -> float:
+async def _submit(app: App, who: Who, reply: _Reply) -> None:
+    await app.service.admit(who, Upload(None, None), reply, ref={})
+
+
+async def _one_by_one(app: App, engine: _TimedEngine, jobs: int) -> float:
     """Milliseconds per job outside the Toonifier, jobs sent one after another."""
     engine.seconds = 0.0
     start = time.perf_counter()
-    for n in range(jobs):
+    for _ in range(jobs):
         reply = _Reply()
-        await app.service.submit(Who("bench", "solo", "solo"), photo, reply, ref={"n": n})
+        await _submit(app, Who(PLATFORM, "solo", "solo"), reply)
         await reply.done.wait()
     return 1000 * (time.perf_counter() - start - engine.seconds) / jobs
 
 
-async def _all_at_once(app: App, jobs: int, photo: bytes) -> float:
+async def _all_at_once(app: App, jobs: int) -> float:
     """Jobs per second with `jobs` users sending at the same moment."""
     replies = [_Reply() for _ in range(jobs)]
     start = time.perf_counter()
     await asyncio.gather(
-        *(
-            app.service.submit(Who("bench", str(n), str(n)), photo, reply, ref={})
-            for n, reply in enumerate(replies)
-        )
+        *(_submit(app, Who(PLATFORM, str(n), str(n)), reply) for n, reply in enumerate(replies))
     )
     await asyncio.gather(*(reply.done.wait() for reply in replies))
     return jobs / (time.perf_counter() - start)
@@ -148,11 +181,11 @@ async def measure(jobs: int, runs: int, steps: int, batches: list[int]) -> Servi
     for batch in batches:
         for _ in range(runs):
             with tempfile.TemporaryDirectory() as folder:
-                app, engine = await _app(Path(folder), steps, batch, jobs)
+                app, engine = await _app(Path(folder), steps, batch, jobs, photo)
                 try:
                     if batch == batches[0]:
-                        overhead.append(await _one_by_one(app, engine, jobs, photo))
-                    throughput[batch].append(await _all_at_once(app, jobs, photo))
+                        overhead.append(await _one_by_one(app, engine, jobs))
+                    throughput[batch].append(await _all_at_once(app, jobs))
                 finally:
                     await app.stop()
     return ServiceFigures(jobs, overhead, throughput)

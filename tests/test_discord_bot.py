@@ -373,7 +373,7 @@ async def test_jobs_resumed_after_a_restart_answer_through_the_channel(
     ref = job.chat
     assert "token" not in str(ref)
 
-    assert await bot.refetch(ref) == face_jpeg()
+    assert await bot.fetch(ref) == face_jpeg()
     toon = Toon(
         result_id="r1",
         image=fake.files_of(toon_message)[0],

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from PIL import Image
+from telegram.error import BadRequest
 
 from bots import texts
 from bots.config import Settings
@@ -389,9 +390,10 @@ async def test_resumed_jobs_refetch_the_photo(
     photo = fake_telegram.push_message(chat, ada, photo=selfie)  # the bot ignores it
     ref = {"chat_id": chat["id"], "message_id": photo["message_id"], "file_id": selfie.file_id}
     async with running(fake_telegram, tmp_path, toonifier) as bot:
-        assert await bot.refetch(ref) == SELFIE
-        assert await bot.refetch({**ref, "file_id": "gone"}) is None
-        await bot.reply_for(ref).progress("Drawing your toon…")
+        assert await bot.fetch(ref) == SELFIE
+        with pytest.raises(BadRequest):
+            await bot.fetch({**ref, "file_id": "gone"})
+        await bot.reply_for(ref).queued("Drawing your toon…")
     status = await fake_telegram.wait_for("sendMessage", replies_to(photo))
     assert status.params["text"] == "Drawing your toon…"
 
