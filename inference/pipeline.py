@@ -127,6 +127,8 @@ def resolve_device(name: str) -> torch.device:
 
 def device_problem(name: str) -> str | None:
     """Why `name` (a models.device value) cannot be used here, with the fix; None if it can."""
+    if name == "auto":
+        return None
     fix = 'set models.device = "cpu" (or "auto")'
     device = torch.device(name)
     if device.type == "cuda":

@@ -64,7 +64,10 @@ async def started(engine: ScriptedEngine, **options: Any) -> Worker:
 
 
 async def submit(worker: Worker, name: str, **kwargs: Any) -> Any:
-    return worker.submit(name, name, **kwargs)
+    """Queue a job, then let the worker run (as an adapter's next await would)."""
+    job = worker.submit(name, name, **kwargs)
+    await asyncio.sleep(0)
+    return job
 
 
 async def test_every_job_gets_its_result_in_fifo_order() -> None:

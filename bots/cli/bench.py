@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import sqlite3
 import statistics
 import time
@@ -19,7 +20,7 @@ from rich.table import Table
 
 from bots.cli.common import console, fail, settings
 from inference.align import align_face
-from inference.faces import FaceBackendError, FaceDetector, make_backend
+from inference.faces import FaceBackendError, FaceDetector, make_backend, make_detector
 from inference.images import ImageError, decode_image
 from inference.stylegan2 import Architecture, Generator
 
@@ -142,6 +143,48 @@ def _jpeg(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, "JPEG", quality=92)
     return out.getvalue()
+
+
+@app.command("prepare")
+def prepare(
+    ctx: typer.Context,
+    photos: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            exists=True, dir_okay=False, help="Photos (default: test photos from scikit-image)."
+        ),
+    ] = None,
+    processes: Annotated[str, typer.Option(help="Prepare processes to compare.")] = "1,2",
+    copies: Annotated[int, typer.Option(min=1, help="Copies of each photo per run.")] = 4,
+    runs: Annotated[int, typer.Option(min=1, help="Runs (median shown).")] = 3,
+    size: Annotated[int, typer.Option(min=16, max=4096, help="Aligned face size.")] = 1024,
+) -> None:
+    """Photos per second through the prepare pool (decode, faces, align), all sent at once."""
+    from inference.prepare_bench import pool_throughput, thread_throughput
+    from inference.prepare_pool import PrepareSpec
+
+    config = settings(ctx)
+    named = {path.name: path.read_bytes() for path in photos} if photos else _sample_photos()
+    burst = [data for data in named.values() for _ in range(copies)]
+    try:
+        detector = make_detector(config.faces, config.models.device)
+    except FaceBackendError as exc:
+        fail(str(exc))
+    spec = PrepareSpec.of(detector, config.faces, config.limits, size)
+    rows = [asyncio.run(thread_throughput(detector, spec, burst, runs))]
+    for count in _ints(processes):
+        rows.append(asyncio.run(pool_throughput(spec, count, burst, runs)))
+    title = (
+        f"Prepare: {len(burst)} photos at once ({', '.join(named)}), {detector.backend}, "
+        f"{os.cpu_count()} cores, {runs} runs"
+    )
+    table = Table("preparation", "median photos/s", "min", "max", title=title)
+    for row in rows:
+        name = f"{row.processes} process(es)" if row.processes else "1 thread in the bot"
+        table.add_row(
+            name, f"{row.median:.2f}", f"{min(row.per_second):.2f}", f"{max(row.per_second):.2f}"
+        )
+    console.print(table)
 
 
 @app.command("pipeline")

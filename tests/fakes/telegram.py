@@ -6,6 +6,8 @@ file downloads from /file/bot{token}/{path}), keeps just enough state to answer 
 answer the next call of a method with a flood-control 429 (`fail_next`) or to drop its
 connection (`drop_next`).
 
+`fail_all` makes every call of a method fail until `heal` (a platform that keeps refusing).
+
 Tests push updates with the builders (`user`, `private_chat`, `group_chat`, `add_file`,
 `push_message`, `push_callback`): getUpdates long polls hand them out, or, once the bot has set
 a webhook, they are POSTed to it with the secret token. Tests then wait on the record with
@@ -213,6 +215,7 @@ class FakeTelegram:
         self._callbacks: dict[str, float] = {}
         self._answered: set[str] = set()
         self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
+        self._always: dict[str, ApiError] = {}
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -398,6 +401,13 @@ class FakeTelegram:
             error = ApiError(code, f"Injected error {code}")
         self._failures[method].append(_Failure(error))
 
+    def fail_all(self, method: str, code: int) -> None:
+        """Answer every call of `method` with error `code` until `heal(method)`."""
+        self._always[method] = ApiError(code, f"Injected error {code}")
+
+    def heal(self, method: str) -> None:
+        self._always.pop(method, None)
+
     def drop_next(self, method: str) -> None:
         """Close the connection of the next call of `method` without answering."""
         self._failures[method].append(_Failure(None))
@@ -488,6 +498,8 @@ class FakeTelegram:
         call = Call(method, params, files)
         if request.match_info["token"] != self.token:
             return await self._answer(call, ApiError(401, "Unauthorized"))
+        if method in self._always:
+            return await self._answer(call, self._always[method])
         if self._failures[method]:
             failure = self._failures[method].popleft()
             if failure.error is None:
