@@ -3,6 +3,7 @@ whole running application with tiny models (tests/service_fixtures.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import socket
 import time
@@ -21,6 +22,7 @@ from bots.config import Settings
 from bots.service import Toon, ToonService
 from bots.telegram_bot import TelegramBot
 from inference.pipeline import Toonifier
+from storage import Admitted, JobStatus, NewJob, Store, UserRef
 from tests.fakes.telegram import Call, FakeTelegram, buttons
 from tests.service_fixtures import cat_jpeg, face_jpeg, settings, tiny_app
 
@@ -429,3 +431,68 @@ async def test_a_press_too_old_to_answer_still_rerenders(
         edit = await fake_telegram.wait_for("editMessageMedia", within=30)
     assert edit.params["message_id"] == toon.result["message_id"]
     assert fake_telegram.calls_of("answerCallbackQuery")[0].status == 400
+
+
+async def used(tmp_path: Path, user_id: int) -> int:
+    """Today's toons of a user, read from the bot's database."""
+    config = settings(tmp_path)
+    async with await Store.open(config.storage.url, config.quota) as store:
+        return (await store.quotas.allowance(UserRef("telegram", str(user_id)))).used
+
+
+async def test_a_toon_telegram_keeps_refusing_is_refunded_and_said(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.private_chat(ada)
+    fake_telegram.fail_all("sendPhoto", 502)
+    async with running(fake_telegram, tmp_path, toonifier):
+        photo = fake_telegram.push_message(chat, ada, photo=fake_telegram.add_file(SELFIE))
+        said = await fake_telegram.wait_for(
+            "editMessageText", lambda c: c.params["text"] == texts.UNDELIVERED, within=60
+        )
+    attempts = fake_telegram.calls_of("sendPhoto")
+    assert len(attempts) == 4 and {c.status for c in attempts} == {502}  # retried, then given up
+    assert said.at > attempts[-1].at
+    status = await fake_telegram.wait_for("sendMessage", replies_to(photo))
+    assert said.params["message_id"] == status.result["message_id"]
+    assert await used(tmp_path, ADA) == 0  # refunded
+
+
+async def test_resume_settles_every_job_when_telegram_refuses_the_notices(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    """getFile 400 (the file is gone) and sendMessage 403 (the user blocked the bot): the
+    start goes on, and every job is settled."""
+    chats = {n: fake_telegram.private_chat(fake_telegram.user(n)) for n in (ADA, BOB)}
+    kept = fake_telegram.add_file(SELFIE)
+    photos = {
+        n: fake_telegram.push_message(chat, fake_telegram.user(n), photo=kept)
+        for n, chat in chats.items()
+    }
+    config = settings(tmp_path)
+    jobs = {}
+    async with await Store.open(config.storage.url, config.quota) as store:
+        for n, file_id in ((ADA, "gone"), (BOB, kept.file_id)):
+            ref = {"chat_id": n, "message_id": photos[n]["message_id"], "file_id": file_id}
+            new = NewJob(UserRef("telegram", str(n)), "toon", chat=ref)
+            admitted = await store.quotas.consume(new)
+            assert isinstance(admitted, Admitted)
+            jobs[n] = admitted.job_id
+        await store.jobs.mark_running(jobs[BOB])
+        await store.jobs.mark_delivering(jobs[BOB], timings={})  # killed while sending its toon
+    fake_telegram.fail_all("sendMessage", 403)
+    async with (
+        running(fake_telegram, tmp_path, toonifier),
+        await Store.open(config.storage.url, config.quota) as store,
+    ):
+        await fake_telegram.wait_for("sendPhoto", replies_to(photos[BOB]), within=60)
+        async with asyncio.timeout(60):
+            while await store.jobs.unfinished_jobs():
+                await asyncio.sleep(0.05)
+        done, gone = [await store.jobs.get(jobs[n]) for n in (BOB, ADA)]
+    assert next(c.status for c in fake_telegram.calls_of("getFile")) == 400
+    assert {c.status for c in fake_telegram.calls_of("sendMessage")} == {403}
+    assert done is not None and done.status is JobStatus.DONE
+    assert gone is not None and (gone.status, gone.refunded) == (JobStatus.FAILED, True)
+    assert (await used(tmp_path, BOB), await used(tmp_path, ADA)) == (1, 0)
