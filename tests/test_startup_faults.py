@@ -95,7 +95,7 @@ async def test_an_unknown_key_from_the_environment_names_the_variable(tmp_path: 
     assert line == "error: TOONIFY_QUOTA_DAYLY (environment): quota.dayly: unknown key"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 async def test_telegram_unreachable_is_retried_until_ctrl_c(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
