@@ -221,9 +221,13 @@ class Quotas:
 async def _gate(
     session: AsyncSession, gate: Update, user: UserRef, display_name: str, now: datetime
 ) -> Any:
-    """Run a conditional UPDATE of the user's row; on their first request, create it first."""
+    """Run a conditional UPDATE of the user's row; when it matched nothing, make sure the row
+    exists and run it once more. Also when another connection created the row meanwhile: the
+    first UPDATE may not have seen it (PostgreSQL, READ COMMITTED), and refusing then would
+    turn a first request into a made-up cooldown."""
     row = (await session.execute(gate)).one_or_none()
-    if row is None and await create_user(session, user, display_name, now):
+    if row is None:
+        await create_user(session, user, display_name, now)
         row = (await session.execute(gate)).one_or_none()
     return row
 
