@@ -188,6 +188,8 @@ class PreparePool:
 
     def _keep(self, index: int, first: concurrent.futures.Future[None]) -> None:
         """One process's life: start it, feed it photos, replace it when it hangs or dies."""
+        if not first.set_running_or_notify_cancel():  # the start was called off
+            return
         conn: Connection | None = None
         try:
             conn = self._launch(index)
