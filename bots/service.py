@@ -26,7 +26,7 @@ from bots import texts
 from bots.config import Settings
 from bots.metrics import Metrics
 from inference.images import ImageError, ImageProblem
-from inference.pipeline import NoFace, Prepared, Result, StyleInfo
+from inference.pipeline import Latents, NoFace, Prepared, Result, StyleInfo
 from inference.prepare_pool import PoolClosed, PrepareCrashed, PrepareFailed, PrepareTimeout
 from inference.worker import JobCancelled, JobTimeout, QueueFull, ShuttingDown, Worker
 from storage import (
@@ -218,7 +218,7 @@ class ToonService:
         worker: Worker,
         styles: dict[str, StyleInfo],
         default_style: str,
-        render: Callable[[Prepared, Any, str, int], Result],
+        render: Callable[[Prepared, Latents, str, int], Result],
         metrics: Metrics | None = None,
     ) -> None:
         self._config = config
