@@ -85,6 +85,7 @@ class App:
             job_timeout=config.worker.job_timeout,
         )
         self.metrics.watch_queue(lambda: self.worker.depth)
+        self.metrics.watch_device(toonifier.device)
         self.service = ToonService(
             config,
             store,

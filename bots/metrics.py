@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from inference.memory import device_memory
+
 STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -31,11 +33,22 @@ class Metrics:
         self._queue = Gauge(
             "toonify_queue_depth", "Jobs queued or running.", registry=self.registry
         )
-        gpu = Gauge("toonify_gpu_memory_bytes", "CUDA memory allocated.", registry=self.registry)
-        gpu.set_function(lambda: torch.cuda.memory_allocated() if torch.cuda.is_available() else 0)
+        self._memory = Gauge(
+            "toonify_gpu_memory_bytes",
+            "Memory of the inference device: allocated (in tensors) and reserved (held by the "
+            "caching allocator, what nvidia-smi shows); 0 on the CPU.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.watch_device(torch.device("cpu"))
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self._queue.set_function(depth)
+
+    def watch_device(self, device: torch.device) -> None:
+        """Report the memory of the device inference runs on (`cuda:N` as configured)."""
+        self._memory.labels("allocated").set_function(lambda: device_memory(device).allocated)
+        self._memory.labels("reserved").set_function(lambda: device_memory(device).reserved)
 
     def accepted(self) -> None:
         self._accepted.inc()

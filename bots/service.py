@@ -26,9 +26,16 @@ from bots import texts
 from bots.config import Settings
 from bots.metrics import Metrics
 from inference.images import ImageError, ImageProblem
-from inference.pipeline import Latents, NoFace, Prepared, Result, StyleInfo
+from inference.pipeline import Latents, NoFace, NonFinite, Prepared, Result, StyleInfo
 from inference.prepare_pool import PoolClosed, PrepareCrashed, PrepareFailed, PrepareTimeout
-from inference.worker import JobCancelled, JobTimeout, QueueFull, ShuttingDown, Worker
+from inference.worker import (
+    JobCancelled,
+    JobTimeout,
+    OutOfMemory,
+    QueueFull,
+    ShuttingDown,
+    Worker,
+)
 from storage import (
     AdminInputError,
     GroupRef,
@@ -70,6 +77,8 @@ class RefusalKind(StrEnum):
     TIMEOUT = "timeout"
     RESEND = "resend"
     UNDELIVERED = "undelivered"
+    OUT_OF_MEMORY = "out_of_memory"
+    NON_FINITE = "non_finite"
     INTERNAL = "internal"
 
 
@@ -440,6 +449,10 @@ class ToonService:
             return Refused(RefusalKind.CANCELLED, texts.CANCELLED)
         if isinstance(exc, JobTimeout):
             return Refused(RefusalKind.TIMEOUT, texts.TIMEOUT)
+        if isinstance(exc, OutOfMemory):
+            return Refused(RefusalKind.OUT_OF_MEMORY, texts.OUT_OF_MEMORY)
+        if isinstance(exc, NonFinite):
+            return Refused(RefusalKind.NON_FINITE, texts.NON_FINITE)
         return Refused(RefusalKind.INTERNAL, texts.internal_error(job_id), error_id=job_id)
 
     async def _toon(self, result_id: str, result: Result, faces_only: bool) -> Toon:

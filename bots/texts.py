@@ -35,6 +35,14 @@ UNKNOWN_CHANGE = "That button doesn't do anything I know. Send the photo again f
 NOT_YOURS = "Only the person who asked for this toon can change it."
 CANCELLED = "Cancelled. Nothing was charged."
 TIMEOUT = "That took too long and was stopped. Nothing was charged; please try again."
+OUT_OF_MEMORY = (
+    "Your photo needed more memory than I have free right now. Nothing was charged; "
+    "please try again in a few minutes, or with fewer faces in the photo."
+)
+NON_FINITE = (
+    "Something went wrong drawing your toon, sorry! Nothing was charged; "
+    "please try again, or with another photo."
+)
 RESTARTED = (
     "The bot restarted while your photo was waiting and can't fetch it again. Please resend it."
 )

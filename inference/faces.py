@@ -16,7 +16,8 @@ import importlib.util
 import logging
 import math
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -238,17 +239,19 @@ class FanBackend:
         self.device = device
         fetch_fan_weights()
         try:
-            self._model = face_alignment.FaceAlignment(
-                face_alignment.LandmarksType.TWO_D,
-                device=device,
-                face_detector="sfd",
-                compile=False,
-            )
+            with _cudnn_benchmark_kept():
+                self._model = face_alignment.FaceAlignment(
+                    face_alignment.LandmarksType.TWO_D,
+                    device=device,
+                    face_detector="sfd",
+                    compile=False,
+                )
         except Exception as exc:  # Broken cache files or an unusable device.
             raise FaceBackendError(f"face-alignment failed to load on {device}: {exc}") from exc
 
     def boxes(self, image: np.ndarray) -> list[tuple[Box, float]]:
-        found = self._model.face_detector.detect_from_image(image)
+        with _cudnn_benchmark_kept():
+            found = self._model.face_detector.detect_from_image(image)
         return [((b[0], b[1], b[2], b[3]), float(b[4])) for b in found]
 
     def landmarks(self, image: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]:
@@ -258,6 +261,24 @@ class FanBackend:
 
     def __str__(self) -> str:
         return f"face-alignment (S3FD + FAN, {self.device})"
+
+
+@contextmanager
+def _cudnn_benchmark_kept() -> Iterator[None]:
+    """Undo face-alignment's `torch.backends.cudnn.benchmark = True` when its call returns.
+
+    It sets that process-wide flag on CUDA in its constructor and again before every S3FD
+    detection; left on, every new photo size would start a cuDNN autotune on the shared GPU and
+    the inference thread would tune too (see Toonifier). The flag is still on while the S3FD
+    call itself runs: only running S3FD outside face-alignment's `detect` would avoid that.
+    """
+    import torch
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def fan_weight_urls() -> list[str]:

@@ -1,9 +1,15 @@
 """Latent inversion: the W+ codes of aligned faces in the FFHQ generator.
 
 The StyleGAN2 projector recipe (Karras et al., stylegan2-ada-pytorch `projector.py`), batched:
-N faces share one optimisation, yet each evolves exactly as if it were alone, because the
-losses are per-sample sums, the noise maps and the random latent noise are per-sample, and
-Adam's update is elementwise.
+N faces share one optimisation, yet each evolves as if it were alone, because the losses are
+per-sample sums, the noise maps and the random latent noise are per-sample, and Adam's update
+is elementwise. On a CPU that holds to rounding (tests: 1e-4). On CUDA it holds only up to the
+arithmetic: cuDNN's algorithm (and so its rounding) can change with the batch size, the
+backward pass of the area downsampling in perceptual_distance adds with atomics in no fixed
+order, and convolutions use TF32 on Ampere and newer by default; the gap this leaves after
+hundreds of steps is not yet measured on a GPU.
+
+No step waits for the device: every step's latent noise is drawn up front and uploaded once.
 """
 
 from __future__ import annotations
@@ -182,6 +188,36 @@ def noise_regulariser(noises: Sequence[torch.Tensor]) -> torch.Tensor:
     return total
 
 
+def _draw(rngs: Sequence[torch.Generator], shape: Sequence[int], count: int = 1) -> torch.Tensor:
+    """[N, count, *shape]: `count` draws of `shape` from each face's generator, in order.
+
+    One draw per call, as a loop of `torch.randn(shape)` would make them: a single larger draw
+    gives other numbers unless `shape` holds a multiple of 16 values.
+    """
+    out = torch.empty(len(rngs), count, *shape)
+    for row, rng in zip(out, rngs, strict=True):
+        for draw in row:
+            torch.randn(*shape, generator=rng, out=draw)
+    return out
+
+
+def _upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device`; to CUDA from pinned memory, without waiting for the copy."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def warm_up_optimiser() -> None:
+    """Create one Adam at start-up, outside any inversion.
+
+    torch imports torch._dynamo when the first optimiser of a process is built, and that
+    import leaves a reference cycle through its caller's frames: the first inversion's
+    tensors would then live until the cyclic garbage collector runs.
+    """
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+
 def invert(
     generator: Generator,
     distance: Distance,
@@ -202,16 +238,18 @@ def invert(
     stats = w_stats(generator)
     rngs = [torch.Generator().manual_seed(seed) for seed in seeds]
 
-    def per_sample_randn(shape: Sequence[int]) -> torch.Tensor:
-        return torch.stack([torch.randn(*shape, generator=rng) for rng in rngs]).to(device)
-
     if start is None:
         start = stats.mean.repeat(len(seeds), generator.num_ws, 1)
     w_opt = start.detach().to(stats.mean).clone().requires_grad_(True)
     noises = [
-        per_sample_randn(buffer.shape[1:]).requires_grad_(True)
+        _upload(_draw(rngs, buffer.shape[1:])[:, 0], device).requires_grad_(True)
         for buffer in generator.noise_buffers()
     ]
+    # Every step's latent noise, drawn now from each face's generator in the order the steps
+    # would draw it, and uploaded once: a draw and a blocking copy per step would wait for the
+    # device every step. Steps past LATENT_NOISE_RAMP add none and draw none.
+    noisy_steps = sum(latent_noise_scale(step / steps, stats.std) > 0 for step in range(steps))
+    w_noises = _upload(_draw(rngs, w_opt.shape[1:], noisy_steps), device)  # [N, steps, ...]
     optimiser = torch.optim.Adam([w_opt, *noises], betas=(0.9, 0.999), lr=LEARNING_RATE)
 
     for step in range(steps):
@@ -220,8 +258,10 @@ def invert(
         t = step / steps
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(t)
-        w_noise = per_sample_randn(w_opt.shape[1:]) * latent_noise_scale(t, stats.std)
-        images = generator.synthesis(w_opt + w_noise, noise=noises)
+        ws = w_opt
+        if step < noisy_steps:
+            ws = w_opt + w_noises[:, step] * latent_noise_scale(t, stats.std)
+        images = generator.synthesis(ws, noise=noises)
         loss = (distance(images) + NOISE_REGULARISATION * noise_regulariser(noises)).sum()
         grads = torch.autograd.grad(loss, [w_opt, *noises])
         for tensor, grad in zip([w_opt, *noises], grads, strict=True):

@@ -3,10 +3,16 @@
 Decode, detect and align the faces (FFHQ framing), find each face's W+ code in the FFHQ
 generator, render that code with a blended model (toon structure, FFHQ texture) and paste the
 result back. Synchronous and single-threaded by design: the worker calls it from one thread.
+
+`models.dtype` float16/bfloat16 only changes rendering, and only its top four resolutions (see
+inference/stylegan2.py); inversion always runs in float32. A render that comes out non-finite
+is done again in float32, and codes or images that are still not finite fail the job with
+NonFinite instead of turning into black or white pixels.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +40,7 @@ from inference.invert import (
     perceptual_distance,
     pixel_distance,
     w_stats,
+    warm_up_optimiser,
 )
 from inference.model_store import ModelStore, ModelStoreError
 from inference.prepare import NoFace, Prepared, prepare_photo, timed
@@ -50,6 +57,7 @@ __all__ = [
     "Cancelled",
     "Latents",
     "NoFace",
+    "NonFinite",
     "Prepared",
     "ProgressFn",
     "Result",
@@ -58,6 +66,8 @@ __all__ = [
     "Toonifier",
 ]
 
+
+log = logging.getLogger(__name__)
 
 # What loading the configured models can fail with; each message tells the operator the fix.
 MODEL_LOAD_ERRORS = (
@@ -69,6 +79,10 @@ MODEL_LOAD_ERRORS = (
     FaceBackendError,
     ValueError,
 )
+
+
+class NonFinite(Exception):
+    """The models gave NaN or infinity for a face: its codes, or its image even in float32."""
 
 
 class ToonifierConfig(Protocol):
@@ -161,14 +175,14 @@ def prepare_blends(
     texture: Generator,
     strengths: Sequence[int],
     blend_width: float | None,
-    dtype: torch.dtype,
 ) -> dict[int, Generator]:
-    """One blended generator per strength (swap resolution), ready to render."""
+    """One blended generator per strength (swap resolution), ready to render.
+
+    They stay float32 whatever `models.dtype`: hard blends then share the two models' tensors
+    instead of holding a converted copy each; reduced precision is cast layer by layer.
+    """
     return {
-        strength: blend(structure, texture, strength, blend_width)
-        .to(dtype)
-        .eval()
-        .requires_grad_(False)
+        strength: blend(structure, texture, strength, blend_width).eval().requires_grad_(False)
         for strength in strengths
     }
 
@@ -188,10 +202,12 @@ class Toonifier:
         make_distance: Callable[[torch.Tensor], Distance],
         encoder: FaceEncoder | None = None,
         style_encoders: Mapping[str, FaceEncoder] | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         """`encoder` set: its answer is the codes (steps 0) or where `steps` of optimisation
         start; else they start at w_avg. `style_encoders` map the faces straight into the one
-        model of `blends[style]` (pSp's toonify), without the FFHQ codes."""
+        model of `blends[style]` (pSp's toonify), without the FFHQ codes. `dtype`: the
+        precision of the top resolutions of a render."""
         self.face = face.eval().requires_grad_(False)
         self.blends = blends
         self.styles = styles
@@ -202,8 +218,15 @@ class Toonifier:
         self.make_distance = make_distance
         self.encoder = encoder
         self.style_encoders = dict(style_encoders or {})
+        self.dtype = dtype
         self.device = next(face.parameters()).device
+        # No cuDNN autotuning, stated here because face-alignment turns it on for the whole
+        # process: it would tune again for every new batch size (and photo size in detection)
+        # on the shared GPU, and its timed choice of algorithms would make a face's pixels
+        # depend on the batch it ran in. Whether tuning would pay off is not yet measured.
+        torch.backends.cudnn.benchmark = False
         w_stats(face)  # computed now rather than during the first request
+        warm_up_optimiser()
 
     @classmethod
     def from_config(cls, config: ToonifierConfig) -> Toonifier:
@@ -236,13 +259,11 @@ class Toonifier:
                 _check_fits(psp, decoder, f"styles.{name}.model {style.model!r}")
                 style_encoders[name] = psp
                 full = decoder.resolution
-                blends[name] = {full: decoder.to(dtype).eval().requires_grad_(False)}
+                blends[name] = {full: decoder.eval().requires_grad_(False)}
                 styles[name] = StyleInfo(name, style.label or name, [full], full)
                 continue
             structure = store.load(style.model, device)
-            blends[name] = prepare_blends(
-                structure, face, style.strengths, style.blend_width, dtype
-            )
+            blends[name] = prepare_blends(structure, face, style.strengths, style.blend_width)
             styles[name] = StyleInfo(
                 name, style.label or name, list(style.strengths), style.default_strength
             )
@@ -257,6 +278,7 @@ class Toonifier:
             make_distance=make_distance,
             encoder=encoder,
             style_encoders=style_encoders,
+            dtype=dtype,
         )
 
     @property
@@ -275,8 +297,9 @@ class Toonifier:
     ) -> list[Latents]:
         """All faces of all jobs in one optimisation; each face as if it were alone.
 
-        A face's seed is its index in its photo, so a job's result does not depend on the
-        batch it landed in. Adds the shared "invert" seconds to each job's timings.
+        A face's seed is its index in its photo, so on a CPU a job's result does not depend on
+        the batch it landed in; on CUDA only up to the arithmetic (see inference/invert.py).
+        Adds the shared "invert" seconds to each job's timings.
         """
         start = time.perf_counter()
         faces = [face for prepared in batch for face in prepared.faces]
@@ -330,22 +353,35 @@ class Toonifier:
     ) -> Result:
         """Re-render cached codes with any prepared style and strength: one generator pass.
 
-        A pSp style encodes the aligned faces into its own model instead (one more pass)."""
+        A pSp style encodes the aligned faces into its own model instead (one more pass).
+        Raises NonFinite rather than render NaN or infinity as black or white pixels."""
         style, strength = self.pick(style, strength)
         model = self.blends[style][strength]
         timings: dict[str, float] = {}
         with timed(timings, "render"), torch.no_grad():
-            # ws stay float32 whatever the model's dtype: the generator modulates in float32.
             ws = latents.ws
             if style in self.style_encoders:
                 ws = self.style_encoders[style](to_tensor([f.image for f in faces], self.device))
-            images = model.synthesis(ws.to(self.device), noise_mode="const")
-            toons = to_images(images)
+            toons = to_images(self._synthesise(model, ws.to(self.device), f"{style}/{strength}"))
         with timed(timings, "paste"):
             pasted = paste_back(
                 photo, [(toon, face.quad) for toon, face in zip(toons, faces, strict=True)]
             )
         return Result(pasted, toons, latents, style, strength, [], timings)
+
+    def _synthesise(self, model: Generator, ws: torch.Tensor, what: str) -> torch.Tensor:
+        """Images of finite codes, in self.dtype, or again in float32 if that overflowed."""
+        if not bool(ws.isfinite().all()):
+            log.warning("non-finite latent codes for %s: the job fails", what)
+            raise NonFinite("the face's latent codes are not finite")
+        images = model.synthesis(ws, noise_mode="const", dtype=self.dtype)
+        if self.dtype != torch.float32 and not bool(images.isfinite().all()):
+            log.warning("%s rendered non-finite in %s; rendering in float32", what, self.dtype)
+            images = model.synthesis(ws, noise_mode="const")
+        if not bool(images.isfinite().all()):
+            log.warning("%s rendered non-finite in float32: the job fails", what)
+            raise NonFinite("the rendered face is not finite")
+        return images
 
     def toonify(
         self,

@@ -52,13 +52,14 @@ def random_toonifier(
     style = StyleInfo("bench", "Bench", [strength], strength)
     return Toonifier(
         face=face,
-        blends={"bench": prepare_blends(toon, face, [strength], None, dtype)},
+        blends={"bench": prepare_blends(toon, face, [strength], None)},
         styles={"bench": style},
         default_style="bench",
         detector=detector,
         limits=limits,
         steps=1,
         make_distance=make_distance,
+        dtype=dtype,
     )
 
 

@@ -20,9 +20,14 @@ Speed (measured on CPU, see bench/README.md; the reasoning holds on CUDA):
   Alternatives measured on CPU and dropped: fusing the upsampling conv with its blur into four
   polyphase 3x3 kernels (4x the multiply-adds; no faster), and the binomial blur as three 2x2
   average pools (slower than the depthwise conv).
-- Mapping, modulation and demodulation run in float32; the convolutions and activations run
-  in the parameters' dtype (float16/bfloat16 after `G.half()` / `G.bfloat16()` on CUDA); the RGB
-  skip path is accumulated in float32 and the output is float32.
+- Mapping, modulation and demodulation run in float32, and so does everything else unless
+  `synthesis(..., dtype=torch.float16)` (or bfloat16) asks for reduced precision. Then, as
+  NVlabs runs its generators, only the blocks of the top four resolutions (never below 8 px)
+  convolve in that dtype, with weights cast on the fly from the float32 parameters (so several
+  blends can keep sharing one set of tensors), activations clamped to +-256 (`conv_clamp`) and
+  styles and weights pre-normalised where float16 sums could overflow. The RGB skip path is
+  accumulated in float32 and the output is float32. How close that is to float32 on trained
+  weights, and how much faster on a GPU, is not yet measured.
 """
 
 from __future__ import annotations
@@ -40,6 +45,12 @@ NoiseMode = Literal["const", "random", "none"]
 
 SQRT2 = math.sqrt(2.0)
 BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)
+# Reduced precision the way NVlabs runs StyleGAN2 (stylegan2-ada-pytorch's num_fp16_res=4,
+# conv_clamp=256): only the blocks of the top four resolutions, never below 8 px, with their
+# activations clamped to +-256; float16 ends at 65504.
+REDUCED_RESOLUTIONS = 4
+REDUCED_MIN_RESOLUTION = 8
+CONV_CLAMP = 256.0
 
 
 @dataclass(frozen=True)
@@ -174,6 +185,15 @@ def modulated_conv(
         w = w.reshape(-1, *w.shape[2:]).to(dtype)
         out = conv(x.reshape(1, batch * in_ch, height, width), w, batch)
         return out.reshape(batch, out_ch, *out.shape[2:])
+    if dtype != torch.float32 and dcoefs is not None:
+        # Summing in_ch * kh * kw products of raw weights can pass float16's 65504: bring the
+        # styles (per sample) and the weights (per output channel, over the fan-in) down to at
+        # most 1, as NVlabs does; the demodulation coefficients make up for it exactly.
+        style_peak = styles.abs().amax(dim=1, keepdim=True).clamp_min(1e-8)  # [B, 1]
+        weight_peak = weight.float().abs().amax(dim=(1, 2, 3)) * math.sqrt(in_ch * kh * kw)
+        styles = styles / style_peak
+        weight = weight.float() / weight_peak.view(out_ch, 1, 1, 1)
+        dcoefs = dcoefs * style_peak * weight_peak
     shared = (weight.transpose(0, 1) if transposed else weight).to(dtype)
     out = conv(x * styles.to(dtype).view(batch, in_ch, 1, 1), shared, 1)
     if dcoefs is not None:
@@ -328,15 +348,19 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channel)
 
-    def forward(self, x: Tensor, w: Tensor, noise: Tensor | None) -> Tensor:
+    def forward(
+        self, x: Tensor, w: Tensor, noise: Tensor | None, clamp: float | None = None
+    ) -> Tensor:
         """lrelu(conv + strength * noise + bias, 0.2) * sqrt 2, in three passes over the
-        activations: the gain is positive, so it is folded into the conv and the addends."""
+        activations: the gain is positive, so it is folded into the conv and the addends.
+        Runs in x's dtype; `clamp` bounds the result to +-clamp."""
         out = self.conv(x, w, gain=SQRT2)
         if noise is not None:
             strength = self.noise.weight.to(out.dtype) * SQRT2
             out = torch.addcmul(out, noise.to(out.dtype), strength)
         out = out.add_(self.activate.bias.to(out.dtype).view(1, -1, 1, 1) * SQRT2)
-        return F.leaky_relu(out, 0.2, inplace=True)
+        out = F.leaky_relu(out, 0.2, inplace=True)
+        return out if clamp is None else out.clamp_(-clamp, clamp)
 
 
 class ToRGB(nn.Module):
@@ -347,8 +371,13 @@ class ToRGB(nn.Module):
         self.conv = ModulatedConv2d(in_channel, 3, 1, w_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
-    def forward(self, x: Tensor, w: Tensor, skip: Tensor | None) -> Tensor:
+    def forward(
+        self, x: Tensor, w: Tensor, skip: Tensor | None, clamp: float | None = None
+    ) -> Tensor:
+        """The RGB image so far (float32), plus this layer's, bounded to +-clamp if given."""
         out = self.conv(x, w).float() + self.bias.float()
+        if clamp is not None:
+            out = out.clamp_(-clamp, clamp)
         if skip is not None:
             out = out + self.upsample(skip)
         return out
@@ -424,27 +453,42 @@ class Generator(nn.Module):
         ws: Tensor,
         noise_mode: NoiseMode = "const",
         noise: Sequence[Tensor] | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> Tensor:
         """ws [B, num_ws, w_dim] -> images [B, 3, R, R], float32, roughly in [-1, 1].
 
         noise_mode: "const" uses the stored noise buffers (reproducible, as the references
         render with randomize_noise=False), "random" draws fresh noise, "none" adds none.
         `noise`, one map per layer broadcastable to [B, 1, r, r], overrides the mode (inversion
-        optimises these).
+        optimises these). `dtype` float16 or bfloat16 runs the blocks of `reduced_resolutions`
+        in it (weights cast on the fly, activations clamped to +-CONV_CLAMP); the others, the
+        mapping, the modulation and the RGB sum stay float32.
         """
         assert_shape(ws, [None, self.num_ws, self.w_dim], "ws")
         ws = ws.float()
         batch = ws.shape[0]
         noises = self._noises(batch, noise_mode, noise)
-        dtype = self.input.input.dtype
-        x = self.input.input.to(dtype).expand(batch, -1, -1, -1)
+        reduced = set(self.reduced_resolutions()) if dtype != torch.float32 else set()
+        x = self.input.input.float().expand(batch, -1, -1, -1)
         x = self.conv1(x, ws[:, 0], noises[0])
         img = self.to_rgb1(x, ws[:, 1], None)
         for k, to_rgb in enumerate(self.to_rgbs):
-            x = self.convs[2 * k](x, ws[:, 2 * k + 1], noises[2 * k + 1])
-            x = self.convs[2 * k + 1](x, ws[:, 2 * k + 2], noises[2 * k + 2])
-            img = to_rgb(x, ws[:, 2 * k + 3], img)
+            clamp = CONV_CLAMP if 2 ** (k + 3) in reduced else None
+            if clamp is not None and x.dtype != dtype:  # entering the reduced blocks
+                x = x.clamp(-clamp, clamp).to(dtype)
+            x = self.convs[2 * k](x, ws[:, 2 * k + 1], noises[2 * k + 1], clamp)
+            x = self.convs[2 * k + 1](x, ws[:, 2 * k + 2], noises[2 * k + 2], clamp)
+            img = to_rgb(x, ws[:, 2 * k + 3], img, clamp)
         return img
+
+    def reduced_resolutions(self) -> list[int]:
+        """The block resolutions a float16/bfloat16 synthesis runs in that dtype."""
+        top = self.arch.log2_resolution
+        return [
+            2**log_res
+            for log_res in range(top - REDUCED_RESOLUTIONS + 1, top + 1)
+            if 2**log_res >= REDUCED_MIN_RESOLUTION
+        ]
 
     def forward(
         self,

@@ -3,6 +3,11 @@
 The GPU is shared by everybody, so exactly one thread touches torch. The event loop only
 queues work and receives events; every callback into the loop goes through
 `call_soon_threadsafe`, so adapters never block on inference and never race the thread.
+
+Memory: an exception kept as a job's outcome has its frames cleared first (its traceback would
+otherwise keep the failed step's tensors alive until the cyclic garbage collector runs), and a
+batch that runs out of memory is retried one job at a time only after the failed attempt is
+gone and its memory handed back.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-import torch
+from inference.memory import detach_frames, is_out_of_memory, release_memory
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,10 @@ class JobCancelled(Exception):
 
 class JobTimeout(Exception):
     """The job ran longer than `job_timeout` seconds."""
+
+
+class OutOfMemory(Exception):
+    """The job alone needs more accelerator memory than is free; the other jobs went on."""
 
 
 class ShuttingDown(Exception):
@@ -210,7 +219,7 @@ class Worker:
             outcomes = await self.call(self._process, batch)
         except BaseException as exc:  # a bug in the worker itself: fail the batch, keep going
             log.exception("inference batch crashed")
-            outcomes = [exc] * len(batch)
+            outcomes = [detach_frames(exc)] * len(batch)
         finally:
             self._running = []
         for job, outcome in zip(batch, outcomes, strict=True):
@@ -240,56 +249,68 @@ class Worker:
     def _invert_and_finish(
         self, batch: list[Job], ready: list[tuple[int, Any]]
     ) -> list[tuple[int, Any]]:
-        try:
-            return self._invert_group(batch, ready)
-        except torch.cuda.OutOfMemoryError:
-            if len(ready) == 1:
-                raise
-            log.warning("CUDA out of memory with %d jobs; retrying one at a time", len(ready))
-            torch.cuda.empty_cache()
-            results: list[tuple[int, Any]] = []
-            for item in ready:
-                try:
-                    results.extend(self._invert_group(batch, [item]))
-                except Exception as exc:
-                    results.append((item[0], exc))
-            return results
+        """Invert `ready` together, then finish each job.
 
-    def _invert_group(
-        self, batch: list[Job], ready: list[tuple[int, Any]]
-    ) -> list[tuple[int, Any]]:
+        A batch that runs out of memory is dropped and its memory freed before each job is
+        tried alone; a job that runs out alone fails alone, with OutOfMemory.
+        """
         jobs = [batch[index] for index, _ in ready]
+        found = self._invert(jobs, [prepared for _, prepared in ready])
+        if _ran_out(found):
+            del found  # the failed batch's last reference, before its memory is given back
+            release_memory()
+            if len(ready) > 1:
+                log.warning("out of memory with %d jobs; retrying one at a time", len(ready))
+                return [done for item in ready for done in self._invert_and_finish(batch, [item])]
+            log.warning("job %s ran out of memory alone; it fails", jobs[0].id)
+            return [(ready[0][0], self._failure(jobs[0], OutOfMemory()))]
+        if isinstance(found, BaseException):
+            return [(index, self._failure(batch[index], found)) for index, _ in ready]
+        results: list[tuple[int, Any]] = []
+        for (index, prepared), job, latent in zip(ready, jobs, found, strict=True):
+            outcome = self._finish(job, prepared, latent)
+            if _ran_out(outcome):
+                del outcome
+                release_memory()
+                log.warning("job %s ran out of memory rendering; it fails", job.id)
+                outcome = OutOfMemory()
+            results.append((index, outcome))
+        return results
+
+    def _invert(self, jobs: list[Job], prepared: list[Any]) -> list[Any] | BaseException:
+        """The batch's latents, or the exception the inversion ended with (frames cleared)."""
 
         def progress(stage: str, step: int, total: int) -> None:
             for job in jobs:
                 self._emit(job, stage, step, total)
 
         try:
-            latents = self._engine.invert(
-                [prepared for _, prepared in ready],
+            return self._engine.invert(
+                prepared,
                 progress=progress,
                 should_stop=lambda: all(job.stopped() for job in jobs),
             )
-        except torch.cuda.OutOfMemoryError:
-            raise
         except Exception as exc:
-            if all(job.stopped() for job in jobs):
-                return [(index, self._stop_reason(batch[index])) for index, _ in ready]
-            return [(index, exc) for index, _ in ready]
-        results: list[tuple[int, Any]] = []
-        for (index, prepared), latent in zip(ready, latents, strict=True):
-            job = batch[index]
-            if job.stopped():
-                results.append((index, self._stop_reason(job)))
-                continue
-            self._emit(job, "render", 0, 1)
-            try:
-                result = self._engine.finish(prepared, latent, job.style, job.strength)
-                results.append((index, (prepared, result)))
-            except Exception as exc:
-                results.append((index, exc))
-        return results
+            return detach_frames(exc)
+
+    def _finish(self, job: Job, prepared: Any, latent: Any) -> Any:
+        """`(prepared, result)`, or the exception rendering ended with (frames cleared)."""
+        if job.stopped():
+            return self._stop_reason(job)
+        self._emit(job, "render", 0, 1)
+        try:
+            return prepared, self._engine.finish(prepared, latent, job.style, job.strength)
+        except Exception as exc:
+            return detach_frames(exc)
+
+    def _failure(self, job: Job, exc: BaseException) -> BaseException:
+        """Why the job ended: stopped on purpose, or the error."""
+        return self._stop_reason(job) if job.stopped() else exc
 
     @staticmethod
     def _stop_reason(job: Job) -> Exception:
         return JobCancelled() if job.cancelled.is_set() else JobTimeout()
+
+
+def _ran_out(outcome: object) -> bool:
+    return isinstance(outcome, BaseException) and is_out_of_memory(outcome)

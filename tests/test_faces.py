@@ -209,6 +209,28 @@ def test_face_alignment_loads_from_the_hub_cache(offline: Path) -> None:
         assert 0.0 <= score <= 1.0
 
 
+def test_face_alignment_leaves_cudnn_autotuning_as_it_found_it(offline: Path) -> None:
+    """face-alignment turns cuDNN autotuning on for the whole process when its device is CUDA
+    (here it then fails: this torch has no CUDA); the inference thread's choice stays."""
+    import torch
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+    from face_alignment.models import FAN
+
+    offline.mkdir(parents=True)
+    fan_url, sfd_url = fan_weight_urls()
+    torch.save(FAN(4).state_dict(), offline / Path(urlparse(fan_url).path).name)
+    torch.save(s3fd().state_dict(), offline / Path(urlparse(sfd_url).path).name)
+    before = torch.backends.cudnn.benchmark
+    try:
+        for chosen in (False, True):
+            torch.backends.cudnn.benchmark = chosen
+            with pytest.raises(FaceBackendError, match="cuda"):
+                make_backend("face-alignment", "cuda")
+            assert torch.backends.cudnn.benchmark is chosen
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def test_faces_command_draws_and_writes_crops(tmp_path: Path, astronaut: Image.Image) -> None:
     photo = tmp_path / "astronaut.jpg"
     astronaut.save(photo, quality=95)

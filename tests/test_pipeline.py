@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from bots.config import Settings
 from inference.align import AlignedFace
 from inference.images import decode_image, encode_jpeg
 from inference.invert import PerceptualModelMissingError
-from inference.pipeline import Cancelled, NoFace, Toonifier
+from inference.pipeline import Cancelled, Latents, NoFace, NonFinite, Toonifier
 from inference.settings import LimitsSettings
 from tests.test_invert import FakeVgg16
 from tests.tiny_toonify import write_tiny_models
@@ -131,6 +132,84 @@ def test_jobs_batched_together_get_their_own_latents(
         torch.testing.assert_close(alone.ws, batched.ws, atol=1e-4, rtol=0)
         assert job.timings["invert"] > 0
     assert (together[0].ws - together[1].ws).abs().max() > 0.01
+
+
+def tensor_bytes(toonifier: Toonifier) -> int:
+    """Bytes of all distinct tensors the FFHQ model and every blend hold."""
+    models = [toonifier.face, *(m for blends in toonifier.blends.values() for m in blends.values())]
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for model in models
+        for t in [*model.parameters(), *model.buffers()]
+    }
+    return sum(storages.values())
+
+
+@pytest.fixture(scope="module")
+def half_toonifier(config: dict[str, Any]) -> Toonifier:
+    half = {**config, "models": {**config["models"], "dtype": "float16"}}
+    return Toonifier.from_config(Settings(**half))
+
+
+def test_float16_blends_share_the_float32_tensors_and_render_close(
+    toonifier: Toonifier, half_toonifier: Toonifier, astronaut: bytes
+) -> None:
+    assert half_toonifier.dtype == torch.float16
+    assert tensor_bytes(half_toonifier) == tensor_bytes(toonifier)
+    prepared = toonifier.prepare(astronaut)
+    (latents,) = toonifier.invert([prepared])
+    full = toonifier.render(prepared.photo, prepared.faces, latents)
+    half = half_toonifier.render(prepared.photo, prepared.faces, latents)
+    difference = np.abs(np.asarray(full.faces[0], float) - np.asarray(half.faces[0], float))
+    assert difference.max() <= 2
+
+
+def overflowing(config: dict[str, Any], dtype: str) -> Toonifier:
+    """A Toonifier whose last ToRGB styles are ~1e6: finite in float32, past float16's range."""
+    settings = {**config, "models": {**config["models"], "dtype": dtype}}
+    toonifier = Toonifier.from_config(Settings(**settings))
+    with torch.no_grad():
+        toonifier.face.to_rgbs[-1].conv.modulation.bias.mul_(1e6)  # shared by every blend
+    return toonifier
+
+
+def test_a_render_that_overflows_float16_is_done_again_in_float32(
+    config: dict[str, Any], astronaut: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    full, half = overflowing(config, "float32"), overflowing(config, "float16")
+    prepared = full.prepare(astronaut)
+    (latents,) = full.invert([prepared])
+    expected = full.render(prepared.photo, prepared.faces, latents)
+    with caplog.at_level(logging.WARNING, logger="inference.pipeline"):
+        got = half.render(prepared.photo, prepared.faces, latents)
+    assert "rendering in float32" in caplog.text
+    assert np.array_equal(np.asarray(got.faces[0]), np.asarray(expected.faces[0]))
+
+
+def test_non_finite_codes_or_images_fail_instead_of_becoming_pixels(
+    config: dict[str, Any], toonifier: Toonifier, astronaut: bytes
+) -> None:
+    prepared = toonifier.prepare(astronaut)
+    (latents,) = toonifier.invert([prepared])
+    broken = Latents(ws=latents.ws.clone())
+    broken.ws[0, 3, 5] = float("nan")
+    with pytest.raises(NonFinite, match="latent codes"):
+        toonifier.finish(prepared, broken)
+    infinite = Toonifier.from_config(Settings(**config))
+    with torch.no_grad():
+        infinite.face.to_rgbs[-1].bias.fill_(float("inf"))
+    with pytest.raises(NonFinite, match="rendered face"):
+        infinite.finish(prepared, latents)
+
+
+def test_start_up_turns_cudnn_autotuning_off(config: dict[str, Any]) -> None:
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # as face-alignment leaves it on CUDA
+    try:
+        Toonifier.from_config(Settings(**config))
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def test_a_photo_without_a_face_says_so(toonifier: Toonifier) -> None:

@@ -16,13 +16,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+import torch
 from PIL import Image
 
 from bots import texts
 from bots.app import App, Interrupted, serve
 from bots.config import Settings
 from bots.service import RefusalKind, Refused, Requester, ToonService, Upload
-from inference.pipeline import Toonifier
+from inference.pipeline import NonFinite, Toonifier
 from inference.prepare_pool import PreparePool, PrepareSpec
 from storage import Admitted, JobStatus, NewJob, Store, UserRef
 from tests import prepare_hooks
@@ -47,6 +48,7 @@ class Gated:
     def __init__(self, toonifier: Toonifier) -> None:
         self.inner = toonifier
         self.styles = toonifier.styles
+        self.device = toonifier.device
         self.default_style = toonifier.default_style
         self.detector = toonifier.detector
         self.resolution = toonifier.resolution
@@ -192,6 +194,32 @@ async def test_our_failure_is_refunded_and_the_next_job_runs(
         assert job.status == JobStatus.FAILED
         assert job.refunded
         assert fine.toons
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind", "text"),
+    [
+        (torch.OutOfMemoryError("CUDA out of memory"), RefusalKind.OUT_OF_MEMORY, "memory"),
+        (NonFinite("the rendered face is not finite"), RefusalKind.NON_FINITE, "drawing"),
+    ],
+)
+async def test_out_of_memory_and_non_finite_get_their_reply_and_are_refunded(
+    tmp_path: Path, toonifier: Toonifier, fault: Exception, kind: RefusalKind, text: str
+) -> None:
+    class Faulty(Gated):
+        def finish(self, *args: Any) -> Any:
+            raise fault
+
+    async with tiny_app(tmp_path, toonifier=Faulty(toonifier)) as app:
+        reply = RecordingReply()
+        ticket = await submit(app, user(1), face_jpeg(), reply)
+        await reply.wait()
+        (error,) = reply.failures
+        assert error.kind == kind
+        assert text in error.text and "Nothing was charged" in error.text
+        assert await used(app, user(1)) == 0
+        job = await app.store.jobs.get(ticket.job_id)
+        assert job is not None and job.refunded
 
 
 @pytest.mark.parametrize(
@@ -478,6 +506,9 @@ async def test_ops_endpoints_answer(tmp_path: Path, toonifier: Toonifier) -> Non
         assert 'toonify_jobs_total{outcome="done"} 1.0' in metrics
         assert "toonify_stage_seconds_bucket" in metrics
         assert "toonify_queue_depth 0.0" in metrics
+        # The CPU holds no accelerator memory; on CUDA these read the configured cuda:N.
+        assert 'toonify_gpu_memory_bytes{kind="allocated"} 0.0' in metrics
+        assert 'toonify_gpu_memory_bytes{kind="reserved"} 0.0' in metrics
 
 
 async def test_sigterm_shuts_the_bot_down_cleanly(

@@ -207,14 +207,60 @@ def test_batch_rows_are_rendered_independently() -> None:
     assert torch.allclose(together, alone, atol=1e-5)
 
 
+def render_in(generator: Generator, ws: Tensor, dtype: torch.dtype) -> Tensor:
+    with torch.no_grad():
+        return generator.synthesis(ws, noise_mode="const", dtype=dtype)
+
+
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.bfloat16, 0.03), (torch.float16, 0.005)])
 def test_half_precision_stays_close_to_float32(dtype: torch.dtype, tolerance: float) -> None:
     generator = tiny_generator(64)
     ws = random_ws(generator)
     expected = render(generator, ws)
-    got = render(tiny_generator(64).to(dtype), ws)
+    got = render_in(generator, ws, dtype)
     assert got.dtype == torch.float32
     assert (got - expected).abs().max() < tolerance * expected.abs().max()
+    assert all(p.dtype == torch.float32 for p in generator.parameters()), "weights untouched"
+
+
+def test_reduced_precision_runs_only_the_top_four_resolutions() -> None:
+    generator = tiny_generator(256)
+    seen: dict[int, torch.dtype] = {}
+
+    def record(module: torch.nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
+        seen[out.shape[-1]] = out.dtype
+
+    hooks = [conv.register_forward_hook(record) for conv in [generator.conv1, *generator.convs]]
+    render_in(generator, random_ws(generator), torch.float16)
+    for hook in hooks:
+        hook.remove()
+    assert generator.reduced_resolutions() == [32, 64, 128, 256]
+    assert seen == {4: torch.float32, 8: torch.float32, 16: torch.float32} | {
+        r: torch.float16 for r in (32, 64, 128, 256)
+    }
+    assert tiny_generator(16).reduced_resolutions() == [8, 16]  # never the 4 px block
+
+
+def test_float16_activations_are_clamped_instead_of_overflowing() -> None:
+    generator = tiny_generator(64)
+    with torch.no_grad():
+        generator.convs[-2].activate.bias.fill_(1e5)  # past float16's 65504 at 64 px
+    ws = random_ws(generator)
+    assert render(generator, ws).isfinite().all()
+    assert render_in(generator, ws, torch.float16).isfinite().all()
+
+
+def test_float16_convolutions_with_large_styles_do_not_overflow() -> None:
+    # Styles this large overflow a float16 sum over the fan-in unless styles and weights are
+    # brought to at most 1 first; the 8 px block runs the shared-weight formulation.
+    generator = tiny_generator(64)
+    with torch.no_grad():
+        for conv in generator.convs[:2]:
+            conv.conv.modulation.bias.mul_(3e4)
+    ws = random_ws(generator)
+    expected = render(generator, ws)
+    got = render_in(generator, ws, torch.float16)
+    assert (got - expected).abs().max() < 0.005 * expected.abs().max()
 
 
 # ---------------------------------------------------------------- noise and shapes

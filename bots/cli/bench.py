@@ -293,7 +293,9 @@ def _ints(text: str) -> list[int]:
         raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
 
 
-def _synthesis_seconds(generator: Generator, batch: int, runs: int) -> list[float]:
+def _synthesis_seconds(
+    generator: Generator, batch: int, runs: int, dtype: torch.dtype
+) -> list[float]:
     """Wall time of `runs` synthesis calls after one warm-up call (device synchronised)."""
     device = generator.input.input.device
     z = torch.randn(batch, generator.z_dim, generator=torch.Generator().manual_seed(0))
@@ -304,7 +306,7 @@ def _synthesis_seconds(generator: Generator, batch: int, runs: int) -> list[floa
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            generator.synthesis(ws, noise_mode="const")
+            generator.synthesis(ws, noise_mode="const", dtype=dtype)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if i:
@@ -336,12 +338,11 @@ def generator(
         title=f"StyleGAN2 synthesis on {_describe(target)}{threads}, median of {runs}",
     )  # fmt: skip
     for resolution in _ints(resolutions):
-        base = Generator(Architecture(resolution)).eval().requires_grad_(False)
+        model = Generator(Architecture(resolution)).eval().requires_grad_(False).to(target)
         for dtype in dtypes:
-            model = base.to(target, dtype)
             for batch in _ints(batches):
                 with console.status(f"{resolution} px, batch {batch}, {dtype}"):
-                    median = statistics.median(_synthesis_seconds(model, batch, runs))
+                    median = statistics.median(_synthesis_seconds(model, batch, runs, dtype))
                 table.add_row(
                     str(resolution),
                     str(batch),
