@@ -211,7 +211,7 @@ def test_landmarks_match_those_of_the_full_size_detection(
 
     The phone photo and the selfie are the astronaut enlarged 4.7 and 14.4 times. Their boxes
     from the small copy differ by a few per cent, and dlib's landmarks follow its box: moving
-    the box by 1 % moves them by up to 3 and 4 photo pixels there.
+    the box by 1 % or resizing it by 2 % moves these points by up to 3 and 4 photo pixels.
     """
     photo = bench_photos[name]
     found = FaceDetector(dlib_backend, max_faces=4, min_size=64).detect(photo).faces
