@@ -1,7 +1,8 @@
-"""Photo bytes -> aligned faces: the CPU half of the pipeline, before anything touches torch.
+"""Photo bytes -> aligned faces: the CPU half of the pipeline, before any generator runs.
 
 It lives apart from pipeline.py so that the prepare processes (inference/prepare_pool.py)
-import neither torch nor the generators: decoding, detection and alignment are all they do.
+load neither the generators nor the inversion: decoding, detection and alignment (one torch
+resampling on the CPU) are all they do.
 """
 
 from __future__ import annotations

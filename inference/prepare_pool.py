@@ -11,7 +11,7 @@ other processes meanwhile.
 The processes are fresh interpreters (`python -c`, like multiprocessing's spawn start method:
 nothing forked from a process that holds threads and CUDA state) that import only this module's
 dependencies. multiprocessing's own spawn would also import the parent's main script, which
-for `toonify` is the whole CLI with torch: about 4 s and 230 MB more per process.
+for `toonify` is the whole CLI: typer, the chat libraries, the generators and the inversion.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
+
+import torch
 
 from inference.faces import FaceDetector, make_detector
 from inference.images import ImageError
@@ -331,6 +333,8 @@ def _reaped(process: subprocess.Popen[bytes]) -> int | None:
 def serve(fd: int) -> None:
     """A prepare process: load the detector once, then prepare photos until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Alignment resamples with torch: one thread per process, the pool is the parallelism.
+    torch.set_num_threads(1)
     conn = Connection(fd)
     try:
         sys.path[:] = conn.recv()

@@ -5,11 +5,14 @@ import math
 import numpy as np
 import pytest
 import scipy.ndimage
-from PIL import Image
+from PIL import Image, ImageFilter
 from skimage import data
 
-from inference.align import AlignedFace, _Blur, align_face, ffhq_quad, paste_back
+from inference.align import AlignedFace, align_face, ffhq_quad, paste_back
 from inference.faces import DlibBackend, FaceDetector
+from inference.faces_bench import sample_photos
+from inference.images import decode_image
+from inference.settings import LimitsSettings
 
 
 def synthetic(
@@ -27,8 +30,10 @@ def synthetic(
     return lm
 
 
-def ffhq_reference(photo: Image.Image, lm: np.ndarray, size: int, render: int) -> Image.Image:
-    """The FFHQ data-set steps, literally: whole-photo shrink, full padding and blur."""
+def ffhq_reference(photo: Image.Image, lm: np.ndarray, size: int) -> Image.Image:
+    """The FFHQ data-set script, literally: whole-photo shrink, full padding and blur, a warp to
+    4096 px in 8 bits, a Lanczos reduction."""
+    render = 4096
     eye_left, eye_right = lm[36:42].mean(0), lm[42:48].mean(0)
     eye_avg, eye_to_eye = (eye_left + eye_right) * 0.5, eye_right - eye_left
     eye_to_mouth = (lm[48] + lm[54]) * 0.5 - eye_avg
@@ -131,24 +136,71 @@ CASES = {
 }
 
 
+def assert_like_the_script(ours: Image.Image, theirs: Image.Image, largest: float = 3) -> None:
+    """The bar for one resampling against the script's four: half a grey level on average."""
+    difference = np.abs(np.asarray(ours, float) - np.asarray(theirs, float))
+    assert difference.mean() <= 0.5
+    assert difference.max() <= largest
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_alignment_matches_the_ffhq_steps(case: str) -> None:
+def test_alignment_matches_the_ffhq_script(case: str) -> None:
+    """Framing, padding and shrink, judged on photos with nothing finer than an output pixel
+    (where one resampling and the script's four must agree whatever their filters)."""
     (width, height), landmarks, size = CASES[case]
+    quad = ffhq_quad(landmarks)
+    photo_per_pixel = float(np.hypot(*(quad[3] - quad[0]))) / size
+    photo = textured(width, height).filter(ImageFilter.GaussianBlur(photo_per_pixel))
+    ours = align_face(photo, landmarks, size).image
+    assert_like_the_script(ours, ffhq_reference(photo, landmarks.copy(), size))
+
+
+def test_sharp_photo_reduced_stays_near_the_ffhq_script() -> None:
+    """Detail at the output's pixel size aliases a little differently through one resampling
+    than through the script's 4096 px warp: about a grey level on average (2.2 without the
+    antialiasing prefilter)."""
+    (width, height), landmarks, size = CASES["inside"]
     photo = textured(width, height)
-    ours = np.asarray(align_face(photo, landmarks, size, transform_size=3 * size).image, float)
-    theirs = np.asarray(ffhq_reference(photo, landmarks.copy(), size, 3 * size), float)
-    difference = np.abs(ours - theirs)
-    assert difference.max() <= (2 if case == "wide blur" else 1)
-    assert difference.mean() < 0.02
+    ours = np.asarray(align_face(photo, landmarks, size).image, float)
+    theirs = np.asarray(ffhq_reference(photo, landmarks.copy(), size), float)
+    assert np.abs(ours - theirs).mean() < 1.6
 
 
-def test_default_render_size_agrees_with_ffhq_4096() -> None:
-    photo = textured(512, 512)
-    landmarks = synthetic((200, 240), (262, 238), (205, 305), (258, 306))
-    fast = np.asarray(align_face(photo, landmarks, 256).image, float)
-    original = np.asarray(align_face(photo, landmarks, 256, transform_size=4096).image, float)
-    assert np.abs(fast - original).mean() < 0.3
-    assert np.abs(fast - original).max() <= 4
+@pytest.fixture(scope="module")
+def bench_photos() -> dict[str, tuple[Image.Image, list[np.ndarray]]]:
+    """`toonify bench faces`' photos, decoded, with the landmarks of their faces."""
+    detector = FaceDetector(DlibBackend(), max_faces=4, min_size=64)
+    decoded = {}
+    for name, encoded in sample_photos().items():
+        photo = decode_image(encoded, LimitsSettings())
+        decoded[name] = (photo, [face.landmarks for face in detector.detect(photo).faces])
+    return decoded
+
+
+@pytest.mark.parametrize(
+    ("name", "face", "size", "largest"),
+    [
+        ("phone.jpg", 0, 1024, 3),
+        # The padding path, and the script's shrink (by 2 at 512 px).
+        ("selfie.jpg", 0, 512, 3),
+        ("two-faces.jpg", 1, 1024, 3),
+        ("phone.jpg", 0, 256, 4),
+        # The 512 px original, sharp and enlarged six times: the script's 4096 px warp and
+        # Lanczos reduction round its edges by up to a level more than one bilinear sampling
+        # (6 of 3.1 M values differ by 4).
+        ("astronaut.jpg", 0, 1024, 4),
+    ],
+)
+def test_bench_photos_align_as_the_ffhq_script_does(
+    bench_photos: dict[str, tuple[Image.Image, list[np.ndarray]]],
+    name: str,
+    face: int,
+    size: int,
+    largest: float,
+) -> None:
+    photo, landmarks = bench_photos[name]
+    ours = align_face(photo, landmarks[face], size).image
+    assert_like_the_script(ours, ffhq_reference(photo, landmarks[face].copy(), size), largest)
 
 
 def test_padding_is_filled_not_black() -> None:
@@ -157,23 +209,15 @@ def test_padding_is_filled_not_black() -> None:
     assert crop[:8, :8].min() > 20  # the quad's corner lies outside the photo
 
 
-def test_blur_is_scipys_gaussian_on_any_grid() -> None:
-    image = np.asarray(textured(700, 600))
-    for sigma in (4.0, 13.0, 40.0):
-        direct = scipy.ndimage.gaussian_filter(image.astype(np.float32), [sigma, sigma, 0])
-        blur = _Blur(image, sigma)
-        assert np.abs(blur.at(0, 0, 700, 600) - direct).max() < 0.25
-        assert np.abs(blur.at(50, 30, 200, 100) - direct[30:130, 50:250]).max() < 0.25
-        assert np.abs(blur.at(0, 0, 233, 200, 3) - direct[1::3, 1::3]).max() < 0.25
-
-
 @pytest.mark.parametrize("size", [512, 48])
 def test_quad_maps_crop_pixels_to_photo_pixels(size: int) -> None:
     """On a photo whose red and green are its x and y, the crop's colours give its geometry.
 
-    At 48 px the photo first shrinks by 4, where the original script's quad / shrink is off by
-    1.5 photo pixels. Pillow's 8-bit warp truncates, so the photo's negative is aligned too and
-    the two readings averaged; the slope avoids a staircase in step with the shrink.
+    At 48 px the script's shrink is by 4, where its quad / shrink is off by 1.5 photo pixels.
+    Alignment rounds down as the script's 8-bit warp does, so the photo's negative is aligned
+    too and the two readings averaged; the slope avoids a staircase in step with the shrink.
+    One grey level is 4.2 photo pixels here: at 48 px the 8-bit reduced copy (rounded twice)
+    leaves each reading up to ~1.5 levels off, a bit over half an output pixel.
     """
     slope = 0.237
     ys, xs = np.mgrid[:1000, :1000]
@@ -187,7 +231,7 @@ def test_quad_maps_crop_pixels_to_photo_pixels(size: int) -> None:
     seen = colours[..., :2].reshape(-1, 2) / (2 * slope)
     error = seen - where
     assert np.abs(error.mean(axis=0)).max() < 0.15
-    assert np.abs(error).max() < 5
+    assert np.abs(error).max() < 7
 
 
 def test_crop_and_photo_coordinates_are_inverse() -> None:

@@ -12,16 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import torch
 import typer
 from PIL import Image
 from rich.table import Table
 
 from bots.cli.common import console, fail, settings
-from inference.align import align_face
 from inference.faces import FaceBackendError, FaceDetector, make_backend, make_detector
-from inference.images import ImageError, decode_image
+from inference.images import ImageError
 from inference.stylegan2 import Architecture, Generator
 
 app = typer.Typer(
@@ -67,15 +65,27 @@ def faces(
     ] = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed runs per photo (median shown).")] = 5,
     size: Annotated[int, typer.Option(min=16, max=4096, help="Aligned crop size.")] = 1024,
+    threads: Annotated[
+        int, typer.Option(min=1, help="torch threads (prepare processes run with 1).")
+    ] = 1,
 ) -> None:
-    """Decode, detection (+ landmarks) and alignment time per photo, for each backend."""
+    """Decode, detection (+ landmarks), alignment, all three together, and paste-back time."""
+    from inference.faces_bench import STAGES, measure, sample_photos
+
     config = settings(ctx)
-    named = {path.name: path.read_bytes() for path in photos} if photos else _sample_photos()
-    try:
-        decoded = {name: decode_image(data, config.limits) for name, data in named.items()}
-    except ImageError as exc:
-        fail(str(exc))
-    table = Table("photo", "backend", "faces", "decode", "detect", f"align {size}", "total")
+    if photos:
+        named = {path.name: path.read_bytes() for path in photos}
+    else:
+        try:
+            named = sample_photos()
+        except ImportError:
+            fail("pass photos, or install the dev extra (scikit-image) for the sample photos")
+    torch.set_num_threads(threads)
+    load = os.getloadavg()[0]
+    table = Table(
+        "photo", "backend", "faces", *STAGES,
+        title=f"Faces at {size} px, {threads} torch thread(s), load average {load:.1f} at start",
+    )  # fmt: skip
     missing = []
     for name in ("face-alignment", "dlib"):
         try:
@@ -85,16 +95,16 @@ def faces(
             continue
         where = getattr(backend, "device", "cpu")
         detector = FaceDetector(backend, config.faces.max_faces, config.faces.min_size)
-        for photo, image in decoded.items():
-            decode = _median(runs, decode_image, named[photo], config.limits)
-            found = detector.detect(image)
-            detect = _median(runs, detector.detect, image)
-            align = _median(runs, _align_all, image, [f.landmarks for f in found.faces], size)
+        try:
+            rows = measure(detector, named, config.limits, size, runs)
+        except ImageError as exc:
+            fail(str(exc))
+        for row in rows:
             table.add_row(
-                f"{photo} {image.width}x{image.height}",
+                f"{row.photo} {row.size[0]}x{row.size[1]}",
                 f"{name} ({where})",
-                str(len(found.faces)),
-                *(f"{t * 1000:.0f} ms" for t in (decode, detect, align, decode + detect + align)),
+                str(row.faces),
+                *(f"{row.seconds[stage] * 1000:.0f} ms" for stage in STAGES),
             )
     console.print(table)
     for line in missing:
@@ -110,33 +120,6 @@ def _median(runs: int, work: Callable[..., object], *args: Any) -> float:
         work(*args)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _align_all(image: Image.Image, landmarks: list[np.ndarray], size: int) -> None:
-    for marks in landmarks:
-        align_face(image, marks, size)
-
-
-def _sample_photos() -> dict[str, bytes]:
-    """The astronaut as sent, in a 12 MP phone photo, as a close selfie whose crop square leaves
-    the frame (the padding path), and beside a smaller copy of herself."""
-    try:
-        from skimage import data
-    except ImportError:
-        fail("pass photos, or install the dev extra (scikit-image) for the sample photos")
-    astronaut = Image.fromarray(data.astronaut())
-    phone = Image.new("RGB", (4032, 3024), (90, 90, 100))
-    phone.paste(astronaut.resize((2400, 2400), Image.Resampling.LANCZOS), (800, 300))
-    pair = Image.new("RGB", (1000, 560), (128, 128, 128))
-    pair.paste(astronaut, (0, 0))
-    pair.paste(astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((420, 420)), (560, 120))
-    selfie = astronaut.crop((120, 20, 330, 300)).resize((3024, 4032), Image.Resampling.LANCZOS)
-    return {
-        "astronaut.jpg": _jpeg(astronaut),
-        "phone.jpg": _jpeg(phone),
-        "selfie.jpg": _jpeg(selfie),
-        "two-faces.jpg": _jpeg(pair),
-    }
 
 
 def _jpeg(image: Image.Image) -> bytes:
@@ -160,11 +143,18 @@ def prepare(
     size: Annotated[int, typer.Option(min=16, max=4096, help="Aligned face size.")] = 1024,
 ) -> None:
     """Photos per second through the prepare pool (decode, faces, align), all sent at once."""
+    from inference.faces_bench import sample_photos
     from inference.prepare_bench import pool_throughput, thread_throughput
     from inference.prepare_pool import PrepareSpec
 
     config = settings(ctx)
-    named = {path.name: path.read_bytes() for path in photos} if photos else _sample_photos()
+    if photos:
+        named = {path.name: path.read_bytes() for path in photos}
+    else:
+        try:
+            named = sample_photos()
+        except ImportError:
+            fail("pass photos, or install the dev extra (scikit-image) for the sample photos")
     burst = [data for data in named.values() for _ in range(copies)]
     try:
         detector = make_detector(config.faces, config.models.device)
