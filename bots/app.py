@@ -20,6 +20,7 @@ from bots.config import Settings
 from bots.metrics import Metrics
 from bots.ops import start_ops
 from bots.service import ToonService
+from inference.invert_plan import log_expected_speed
 from inference.pipeline import Toonifier
 from inference.worker import Worker
 from storage import Store
@@ -136,6 +137,7 @@ async def running_app(config: Settings) -> AsyncIterator[App]:
     """Load models (off the event loop), open storage, start everything; stop on exit."""
     log.info("loading models on %s", config.models.device)
     toonifier = await asyncio.to_thread(Toonifier.from_config, config)
+    await asyncio.to_thread(log_expected_speed, toonifier, config.invert)
     store = await Store.open(config.storage.url, config.quota)
     app = App(config, toonifier, store)
     await app.start(make_adapters(config, app.service))
