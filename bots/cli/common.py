@@ -31,6 +31,8 @@ def check_output(path: Path) -> None:
     Creates its folder, as the write would need it anyway."""
     from PIL import Image
 
+    if path.is_dir():
+        fail(f"{path} is a folder; name the image file to write")
     Image.init()
     image_format = Image.registered_extensions().get(path.suffix.lower())
     if image_format is None or image_format not in Image.SAVE:
@@ -38,8 +40,6 @@ def check_output(path: Path) -> None:
             f"{path}: {path.suffix or 'no extension'} is not an image format "
             "(use .jpg, .png or .webp)"
         )
-    if path.is_dir():
-        fail(f"{path} is a folder; name the image file to write")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path.parent):

@@ -76,7 +76,7 @@ def _get(diagnosis: Diagnosis, models_dir: Path, toon: str | None, toon_name: st
         if need.fetchable:
             jobs.append((f"fetching {need.path.name} from {need.url}", partial(fetch, need, store)))
     for title, job in jobs:
-        console.print(title, highlight=False, markup=False)
+        console.print(title, highlight=False, markup=False, soft_wrap=True)
         try:
             with _bar() as bar:
                 task = bar.add_task("downloading", total=None)
@@ -111,8 +111,8 @@ def _print(diagnosis: Diagnosis, models_dir: Path) -> None:
     fetchable = [need.path.name for need in missing if need.fetchable]
     summary = f"{len(missing)} needed file{'s' if len(missing) > 1 else ''} missing"
     if fetchable:
-        summary += f"; `--fetch` (and scripts/run) download {', '.join(fetchable)}"
-    console.print(summary, highlight=False, markup=False)
+        summary += f"; `--fetch` (and scripts/run) download: {', '.join(fetchable)}"
+    console.print(summary, highlight=False, markup=False, soft_wrap=True)
 
 
 def _print_need(need: Need) -> None:
