@@ -27,7 +27,7 @@ from storage.records import (
     UserRef,
 )
 from storage.settings import QuotaSettings
-from storage.users import known_user_id
+from storage.users import create_user, find_user_id, known_user_id
 
 UserQuota = int | Literal["unlimited", "default"]
 """A daily quota an admin sets: a number, no limit, or back to the configured default."""
@@ -171,8 +171,14 @@ class Admin:
     async def _change(
         self, user: UserRef, values: dict[str, Any], actor: str, action: str, detail: str
     ) -> QuotaStatus:
+        """Change a user's row, creating it for someone who never used the bot (so a ban or
+        a quota can be set in advance); the audit log says which."""
         async with self._sessions.begin() as session:
-            user_id = await known_user_id(session, user)
+            user_id = await find_user_id(session, user)
+            if user_id is None:
+                await create_user(session, user, "", self._clock())
+                user_id = await known_user_id(session, user)
+                detail = f"{detail} (user not seen before)".lstrip()
             await session.execute(
                 update(User)
                 .where(User.id == user_id)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-pytest_plugins = ["tests.fakes.telegram"]
+pytest_plugins = ["tests.fakes.telegram", "tests.support.servers"]
 
 
 @pytest.fixture(autouse=True)

@@ -38,8 +38,6 @@ async def test_unknown_users_and_bad_quotas_are_refused_clearly(storage: Store) 
     stranger = UserRef("telegram", "999")
     with pytest.raises(UnknownUserError, match=r"unknown user telegram:999"):
         await storage.admin.show(stranger)
-    with pytest.raises(UnknownUserError):
-        await storage.admin.ban(stranger, actor="cli:root")
     await storage.quotas.consume(job())
     for bad in (-1, "lots", 2.5, True):
         with pytest.raises(InvalidQuotaError, match=r"invalid daily quota .*whole number >= 0"):
@@ -52,6 +50,20 @@ async def test_unknown_users_and_bad_quotas_are_refused_clearly(storage: Store) 
         )
     assert (await storage.admin.show(ALICE)).allowance.limit == 3
     assert await storage.admin.audit_log() == []
+
+
+async def test_admins_act_on_users_the_bot_has_never_seen(storage: Store) -> None:
+    stranger, other = UserRef("telegram", "999"), UserRef("discord", "777")
+    banned = await storage.admin.ban(stranger, actor="cli:root", reason="spam elsewhere")
+    assert banned.banned and banned.user == stranger
+    assert (await storage.admin.set_quota(other, 9, actor="telegram:1")).allowance.limit == 9
+    refused = await storage.quotas.consume(job(stranger))
+    assert isinstance(refused, Refused) and refused.reason is Refusal.BANNED
+    assert isinstance(await storage.quotas.consume(job(other)), Admitted)
+    assert (await storage.admin.show(other)).allowance.used == 1
+    entries = {e.target: e for e in await storage.admin.audit_log()}
+    assert entries["telegram:999"].detail == "spam elsewhere (user not seen before)"
+    assert entries["discord:777"].detail == "9 (user not seen before)"
 
 
 @pytest.mark.parametrize("text", ["telegram", "12345", ":12", "telegram:", "tele gram:1", "a:b c"])

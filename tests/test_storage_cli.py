@@ -107,3 +107,15 @@ def test_bench_storage_prints_a_table() -> None:
     assert result.exit_code == 0, result.output
     for row in ("consume", "refund", "mark_failed(refund)", "16 users at once"):
         assert row in result.output
+
+
+def test_ban_and_quota_for_someone_who_never_used_the_bot(config: Path) -> None:
+    code, out = quota(config, "ban", "discord:424242", "--reason", "known spammer")
+    assert code == 0, out
+    assert "yes: known spammer" in out
+    code, out = quota(config, "set", "telegram:777", "unlimited")
+    assert code == 0, out
+    assert "unlimited (unlimited)" in out
+    code, out = quota(config, "log", "discord:424242")
+    assert code == 0, out
+    assert "discord:424242" in out and "ban" in out

@@ -17,7 +17,7 @@ from storage import (
     Store,
 )
 from storage.models import Job, User
-from tests.storage_support import ALICE, BOB, FakeClock, db_url, job, open_storage, policy
+from tests.storage_support import ALICE, BOB, FakeClock, job, open_storage, policy
 
 
 @pytest.fixture
@@ -50,9 +50,11 @@ async def charged_rows(storage: Store) -> tuple[int, int]:
     return used or 0, jobs or 0
 
 
-async def test_concurrent_consumes_never_exceed_the_quota(tmp_path: Path, clock: FakeClock) -> None:
-    # Four engines (four connections) on one file, 200 requests at once: exactly 50 pass.
-    opened = [await open_storage(tmp_path, clock, daily=50) for _ in range(4)]
+async def test_concurrent_consumes_never_exceed_the_quota(
+    database_url: str, clock: FakeClock
+) -> None:
+    # Four engines (four connections) on one database, 200 requests at once: exactly 50 pass.
+    opened = [await Store.open(database_url, policy(daily=50), clock=clock) for _ in range(4)]
     try:
         decisions = await asyncio.gather(*(opened[i % 4].quotas.consume(job()) for i in range(200)))
         assert sum(isinstance(d, Admitted) for d in decisions) == 50
@@ -69,6 +71,8 @@ async def test_concurrent_consumes_never_exceed_the_quota(tmp_path: Path, clock:
 def _hammer(url: str, start: object, results: object, attempts: int) -> None:
     async def run() -> tuple[int, set[str]]:
         async with await Store.open(url, policy(daily=60)) as storage:
+            # Connect the pool before the start, so both processes hammer at full speed.
+            await asyncio.gather(*(storage.quotas.allowance(BOB) for _ in range(attempts)))
             start.wait()  # type: ignore[attr-defined]
             decisions = await asyncio.gather(
                 *(storage.quotas.consume(job()) for _ in range(attempts))
@@ -79,13 +83,13 @@ def _hammer(url: str, start: object, results: object, attempts: int) -> None:
     results.put(asyncio.run(run()))  # type: ignore[attr-defined]
 
 
-async def test_two_processes_never_exceed_the_quota(tmp_path: Path, clock: FakeClock) -> None:
-    url = db_url(tmp_path)
+async def test_two_processes_never_exceed_the_quota(database_url: str) -> None:
+    url = database_url
     async with await Store.open(url, policy()):
         pass
     ctx = multiprocessing.get_context("spawn")
     start, results = ctx.Barrier(2), ctx.Queue()
-    workers = [ctx.Process(target=_hammer, args=(url, start, results, 50)) for _ in range(2)]
+    workers = [ctx.Process(target=_hammer, args=(url, start, results, 100)) for _ in range(2)]
     for worker in workers:
         worker.start()
     outcomes = [await asyncio.to_thread(results.get, timeout=60) for _ in workers]

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -40,6 +43,38 @@ async def test_migrations_build_the_models_schema(tmp_path: Path) -> None:
             assert tables == {"alembic_version"}
     finally:
         await engine.dispose()
+
+
+async def test_postgresql_gets_the_models_schema(postgres_url: str) -> None:
+    assert await upgrade(postgres_url)
+    engine = create_engine(postgres_url)
+    try:
+        async with engine.connect() as conn:
+            tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+            assert tables == TABLES | {"alembic_version"}
+            assert await conn.run_sync(_diff) == []
+    finally:
+        await engine.dispose()
+    assert not await upgrade(postgres_url)
+
+
+def _start_up(url: str, start: Any, results: Any) -> None:
+    start.wait()
+    results.put(asyncio.run(upgrade(url)))
+
+
+async def test_processes_starting_at_once_migrate_once(database_url: str) -> None:
+    # Without the lock, PostgreSQL lets all three create the tables: two then fail.
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Barrier(3), ctx.Queue()
+    starts = [ctx.Process(target=_start_up, args=(database_url, start, results)) for _ in range(3)]
+    for process in starts:
+        process.start()
+    migrated = [await asyncio.to_thread(results.get, timeout=120) for _ in starts]
+    for process in starts:
+        await asyncio.to_thread(process.join, 30)
+        assert process.exitcode == 0
+    assert sorted(migrated) == [False, False, True]
 
 
 async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
