@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -16,7 +17,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from bots.cli.common import console, err_console, settings
+from bots.cli.common import console, settings
 
 if TYPE_CHECKING:
     from inference.model_needs import Diagnosis, Need
@@ -51,38 +52,44 @@ def doctor(
     config = settings(ctx)
     device = resolve_device(config.models.device)
     diagnosis = diagnose(config, device)
+    failed: list[str] = []
     if fetch:
-        _get(diagnosis, config.models.dir, toon, config.styles[config.style].model)
+        failed = _get(diagnosis, config.models.dir, toon, config.styles[config.style].model)
         diagnosis = diagnose(config, device)
-    _print(diagnosis, config.models.dir)
+    _print(diagnosis, config.models.dir, failed)
     if diagnosis.missing:
         raise typer.Exit(1)
 
 
-def _get(diagnosis: Diagnosis, models_dir: Path, toon: str | None, toon_name: str) -> None:
+def _get(diagnosis: Diagnosis, models_dir: Path, toon: str | None, toon_name: str) -> list[str]:
     """Import --toon, then fetch each missing file with a direct link; a failure is printed and
-    the next file tried, so that one run gets everything the network allows."""
+    the next file tried, so that one run gets everything the network allows. Returns the
+    names of the files that failed."""
     from inference.checkpoints import CheckpointError
     from inference.model_needs import fetch
     from inference.model_store import ModelStore, ModelStoreError
 
     store = ModelStore(models_dir)
     jobs = []
-    if toon is not None and any(n.name == toon_name and n.missing for n in diagnosis.needs):
-        jobs.append(
-            (f"importing {toon} as {toon_name}", partial(store.import_checkpoint, toon, toon_name))
-        )
+    for need in diagnosis.needs:
+        if toon is not None and need.name == toon_name and need.missing:
+            job = partial(store.import_checkpoint, toon, toon_name)
+            jobs.append((need.path.name, f"importing {toon} as {toon_name}", job))
     for need in diagnosis.needs:
         if need.fetchable:
-            jobs.append((f"fetching {need.path.name} from {need.url}", partial(fetch, need, store)))
-    for title, job in jobs:
+            job = partial(fetch, need, store)
+            jobs.append((need.path.name, f"fetching {need.path.name} from {need.url}", job))
+    failed = []
+    for name, title, job in jobs:
         console.print(title, highlight=False, markup=False, soft_wrap=True)
         try:
             with _bar() as bar:
                 task = bar.add_task("downloading", total=None)
                 job(progress=partial(_advance, bar, task))
         except (ModelStoreError, CheckpointError) as exc:
-            err_console.print(f"failed: {exc}", highlight=False, markup=False, soft_wrap=True)
+            console.print(f"[red]failed:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            failed.append(name)
+    return failed
 
 
 def _advance(bar: Progress, task: TaskID, done: int, total: int | None) -> None:
@@ -91,10 +98,16 @@ def _advance(bar: Progress, task: TaskID, done: int, total: int | None) -> None:
 
 def _bar() -> Progress:
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
-    return Progress(*columns, TransferSpeedColumn(), console=console, transient=True)
+    return Progress(
+        *columns,
+        TransferSpeedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
 
 
-def _print(diagnosis: Diagnosis, models_dir: Path) -> None:
+def _print(diagnosis: Diagnosis, models_dir: Path, failed: list[str]) -> None:
     console.print(
         f"models for this configuration, on {diagnosis.device.type} "
         f"(invert.method resolves to {diagnosis.method}); models.dir is {models_dir}",
@@ -108,10 +121,12 @@ def _print(diagnosis: Diagnosis, models_dir: Path) -> None:
     if not missing:
         console.print("everything needed is there", highlight=False)
         return
-    fetchable = [need.path.name for need in missing if need.fetchable]
+    fetchable = [n.path.name for n in missing if n.fetchable and n.path.name not in failed]
     summary = f"{len(missing)} needed file{'s' if len(missing) > 1 else ''} missing"
     if fetchable:
         summary += f"; `--fetch` (and scripts/run) download: {', '.join(fetchable)}"
+    if failed:
+        summary += f"; could not get {', '.join(failed)} here: see the fix above"
     console.print(summary, highlight=False, markup=False, soft_wrap=True)
 
 
