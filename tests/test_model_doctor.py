@@ -217,6 +217,6 @@ def test_scripts_run_imports_toon_then_starts_the_bot(tmp_path: Path) -> None:
     out = result.stdout + result.stderr
     assert "everything needed is there" in out
     assert (tmp_path / "models" / "toon.safetensors").is_file()
-    # The bot itself then starts, and stops at once: this config enables no chat platform.
+    # Then `toonify run` starts, and stops at once: this config enables no chat platform.
     assert result.returncode == 1
-    assert "no adapter is enabled" in out
+    assert "adapter" in out.rsplit("everything needed is there", 1)[1]
