@@ -62,7 +62,6 @@ class DownloadError(ModelStoreError):
     def __init__(self, url: str, done: int, reason: str) -> None:
         resume = "; the part received is kept, run the same command again to resume" if done else ""
         super().__init__(f"download of {url} failed after {done} bytes ({reason}){resume}")
-        self.url = url
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,28 @@ def test_faces_only_side_by_side_puts_the_toons_below_the_originals() -> None:
     assert sheet.shape == (16, 16, 3)
     assert (sheet[:8] == [255, 0, 0]).all()
     assert (sheet[8:] == [0, 0, 255]).all()
+
+
+@pytest.fixture
+def unreachable() -> str:
+    """An http URL on 127.0.0.1 where nothing listens (a port just given back)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/model.pkl"
+
+
+def test_a_failed_download_says_how_to_get_the_file_another_way(
+    tmp_path: Path, unreachable: str
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[models]\ndir = "{tmp_path / "models"}"\n')
+    code, out = invoke("--config", str(config), "models", "import", unreachable, "--name", "ffhq")
+    assert code == 1
+    assert f"download of {unreachable} failed after 0 bytes" in out
+    assert "or download it elsewhere, then: toonify models import FILE --name ffhq" in out
+    assert "resume" not in out  # nothing was received, so there is nothing to resume
+    code, out = invoke("--config", str(config), "models", "fetch-vgg16", "--url", unreachable)
+    assert code == 1
+    assert f"copy it to {tmp_path / 'models' / 'vgg16.pt'}" in out
+    assert "import" not in out

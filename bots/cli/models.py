@@ -64,7 +64,7 @@ def import_(
 
             result = store.import_checkpoint(source, name, sha256=sha256, progress=progress)
     except DownloadError as exc:
-        fail(f"{exc}\nor download it elsewhere, then: toonify models import FILE --name {name}")
+        fail(f"{exc}; or download it elsewhere, then: toonify models import FILE --name {name}")
     except ERRORS as exc:
         fail(str(exc))
     if result.encoder is not None:

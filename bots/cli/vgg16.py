@@ -42,5 +42,5 @@ def fetch_vgg16(
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
     except ModelStoreError as exc:
-        fail(f"{exc}\nor download {source} elsewhere and copy it to {target}")
+        fail(f"{exc}; or download {source} elsewhere and copy it to {target}")
     console.print(f"[green]fetched[/green] {target}")
