@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from bots.cli import app
 from inference.encoder_checkpoints import save_encoder
 from inference.invert import VGG16_URL
-from inference.model_needs import E4E_FILE, FFHQ_URL, TOON_FILE, TOON_PAGE
+from inference.model_needs import E4E_FILE, FFHQ_URL, PSP_FILE, PSP_PAGE, TOON_FILE, TOON_PAGE
 from tests.test_invert import FakeVgg16
 from tests.tiny_encoders import tiny_encoder
 from tests.tiny_models import tiny_generator, write_tensorflow
@@ -141,6 +141,22 @@ def test_an_unreadable_model_file_is_a_problem_with_a_fix(tmp_path: Path) -> Non
     toon = block(out, "toon.safetensors")
     assert "unreadable" in toon and "delete it" in toon
     assert "toonify models import" in toon
+
+
+def test_a_psp_style_names_pixel2style2pixel(tmp_path: Path) -> None:
+    write_tiny_models(tmp_path / "models")
+    config = write_config(tmp_path, 'loss = "pixel"')
+    config.write_text(
+        config.read_text()
+        + '[styles.toon]\nmodel = "toon"\n[styles.psp]\nkind = "psp"\nmodel = "psp_toonify"\n'
+    )
+    code, out = doctor(config)
+    assert code == 1
+    psp = block(out, "psp_toonify.safetensors")
+    assert psp.startswith("MISSING") and "style 'psp'" in psp
+    assert f"open {PSP_PAGE}" in psp
+    assert f"toonify models import ~/Downloads/{PSP_FILE} --name psp_toonify" in psp
+    assert "TOON=" not in psp  # not the default style: scripts/run imports TOON elsewhere
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
