@@ -28,6 +28,7 @@ from bots.metrics import Metrics
 from bots.ops import start_ops
 from bots.service import ToonService
 from bots.startup import StartupFault
+from inference.invert_plan import log_expected_speed
 from inference.pipeline import Latents, Prepared, Result, Toonifier
 from inference.prepare_pool import PoolStartError, PreparePool, PrepareSpec
 from inference.worker import Worker
@@ -198,6 +199,7 @@ async def running_app(config: Settings) -> AsyncIterator[App]:
     """Load models (off the event loop), open storage, start everything; stop on exit."""
     log.info("loading models on %s", config.models.device)
     toonifier = await in_daemon_thread(lambda: Toonifier.from_config(config))
+    await in_daemon_thread(lambda: log_expected_speed(toonifier, config.invert))
     store = await Store.open(config.storage.url, config.quota)
     app = App(config, toonifier, store)
     try:

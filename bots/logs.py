@@ -53,3 +53,8 @@ def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
     root.setLevel(level)
     # httpx logs every request URL at INFO, and Telegram's URLs carry the token.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+    # Alembic narrates each migration context at INFO ("Context impl SQLiteImpl."), noise to
+    # an operator running `toonify quota ...`; DEBUG still shows it.
+    logging.getLogger("alembic").setLevel(
+        logging.WARNING if root.level == logging.INFO else root.level
+    )

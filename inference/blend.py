@@ -75,7 +75,10 @@ def blend(
     _check_compatible(structure, texture)
     res = structure.resolution
     if swap_resolution < 4 or swap_resolution > res or swap_resolution & (swap_resolution - 1):
-        raise BlendError(f"swap resolution {swap_resolution} is not a power of two in 4..{res}")
+        raise BlendError(
+            f"swap resolution {swap_resolution} does not fit these {res} px models: "
+            f"use a power of two from 4 to {res}"
+        )
     if blend_width is not None and not blend_width > 0:
         raise BlendError(f"blend width {blend_width} must be positive")
     textures = texture.state_dict()

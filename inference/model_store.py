@@ -35,6 +35,7 @@ from inference.encoder_checkpoints import (
     read_encoder_checkpoint,
     read_encoder_info,
 )
+from inference.invert import load_perceptual
 from inference.stylegan2 import Generator
 
 SUFFIX = ".safetensors"
@@ -49,6 +50,18 @@ Progress = Callable[[int, int | None], None]
 
 class ModelStoreError(Exception):
     """An import, blend or lookup that cannot proceed; str() says why, for a person."""
+
+
+class DownloadError(ModelStoreError):
+    """A download that did not complete; what was received is kept for the next try.
+
+    The message says only what happened: each caller adds how to get the file another way,
+    since that differs between an import, fetch-vgg16 and scripts/run.
+    """
+
+    def __init__(self, url: str, done: int, reason: str) -> None:
+        resume = "; the part received is kept, run the same command again to resume" if done else ""
+        super().__init__(f"download of {url} failed after {done} bytes ({reason}){resume}")
 
 
 @dataclass(frozen=True)
@@ -97,13 +110,9 @@ def download(url: str, dest: Path, *, progress: Progress | None = None) -> Path:
                         if progress:
                             progress(done, total)
     except httpx.HTTPError as exc:
-        raise ModelStoreError(
-            f"download of {url} failed after {done} bytes ({exc}); run the import again to resume"
-        ) from None
+        raise DownloadError(url, done, str(exc) or type(exc).__name__) from None
     if total is not None and done != total:
-        raise ModelStoreError(
-            f"download of {url} stopped at {done} of {total} bytes; run the import again to resume"
-        )
+        raise DownloadError(url, done, f"the connection closed {total - done} bytes short")
     part.replace(dest)
     return dest
 
@@ -128,7 +137,21 @@ def _resume_point(
     if status == 200:
         length = response.headers.get("content-length")
         return 0, int(length) if length else None, "wb"
-    raise ModelStoreError(f"{url}: HTTP {status} {response.reason_phrase}")
+    raise DownloadError(url, done, f"HTTP {status} {response.reason_phrase}")
+
+
+def fetch_perceptual(url: str, target: Path, *, progress: Progress | None = None) -> Path:
+    """Download NVIDIA's TorchScript VGG16 to `target` and check that it loads: a server that
+    answers with something else (an HTML error page, say) leaves nothing behind."""
+    download(url, target, progress=progress)
+    try:
+        load_perceptual(target)
+    except RuntimeError as exc:
+        target.unlink()
+        raise ModelStoreError(
+            f"{url} is not a TorchScript network ({exc}); nothing was kept"
+        ) from None
+    return target
 
 
 def is_url(source: str) -> bool:

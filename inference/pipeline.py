@@ -42,6 +42,7 @@ from inference.invert import (
     w_stats,
     warm_up_optimiser,
 )
+from inference.invert_plan import method_steps, resolve_method
 from inference.model_store import ModelStore, ModelStoreError
 from inference.prepare import NoFace, Prepared, prepare_photo, timed
 from inference.settings import (
@@ -232,19 +233,17 @@ class Toonifier:
     def from_config(cls, config: ToonifierConfig) -> Toonifier:
         """Load the FFHQ generator and every style, and blend every strength, once."""
         device = resolve_device(config.models.device)
-        method = config.invert.method
-        steps = {
-            "optimize": config.invert.steps,
-            "encoder": 0,
-            "encoder+optimize": config.invert.refine_steps,
-        }[method]
+        store = ModelStore(config.models.dir)
+        # "auto" uses the encoder when its file is there (see inference/invert_plan.py).
+        has_encoder = config.invert.method == "auto" and store.path(config.invert.encoder).is_file()
+        method = resolve_method(config.invert, device, has_encoder)
+        steps = method_steps(method, config.invert)
         # Before any generator loads, so a missing vgg16.pt fails fast; the encoder alone
         # never measures a distance, so it needs no perceptual network.
         make_distance = (
             distance_factory(config.invert, config.models, device) if steps else pixel_distance
         )
         dtype = getattr(torch, config.models.dtype)
-        store = ModelStore(config.models.dir)
         face = store.load(config.models.face, device)
         encoder = None
         if method != "optimize":

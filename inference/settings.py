@@ -60,7 +60,9 @@ class LimitsSettings(Section):
 
 
 class InvertSettings(Section):
-    method: Literal["optimize", "encoder", "encoder+optimize"] = "optimize"
+    # auto: on a GPU optimize (encoder+optimize when the encoder file is there); on a CPU,
+    # where one optimisation step takes seconds, encoder when its file is there, else optimize.
+    method: Literal["auto", "optimize", "encoder", "encoder+optimize"] = "auto"
     steps: PositiveInt = 300
     encoder: str = "e4e"
     refine_steps: PositiveInt = 100

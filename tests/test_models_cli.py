@@ -144,7 +144,7 @@ def test_url_import_resumes_with_a_range_request(config: Path, tmp_path: Path) -
     payload = write_tensorflow(source, tmp_path / "src.pkl").read_bytes()
     store = ModelStore(tmp_path / "models")
     with FileServer(payload, cut_first=True) as server:
-        with pytest.raises(ModelStoreError, match="run the import again to resume"):
+        with pytest.raises(ModelStoreError, match="run the same command again to resume"):
             store.import_checkpoint(server.url, "toon")
         part = tmp_path / "models" / ".downloads" / "toon.download.part"
         kept = part.stat().st_size

@@ -18,10 +18,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from bots.cli.common import console, fail, settings
+from bots.cli.common import check_output, console, fail, settings
 from inference.blend import BlendError
 from inference.checkpoints import CheckpointError
-from inference.model_store import ModelStore, ModelStoreError, is_url
+from inference.model_store import DownloadError, ModelStore, ModelStoreError, is_url
 from inference.samples import render_seeds, to_grid_image
 
 app = typer.Typer(
@@ -63,6 +63,8 @@ def import_(
                 bar.update(task, completed=done, total=total)
 
             result = store.import_checkpoint(source, name, sha256=sha256, progress=progress)
+    except DownloadError as exc:
+        fail(f"{exc}; or download it elsewhere, then: toonify models import FILE --name {name}")
     except ERRORS as exc:
         fail(str(exc))
     if result.encoder is not None:
@@ -163,6 +165,7 @@ def sample(
     ),
 ) -> None:
     """Render random faces from NAME into one grid image (seeds as in NVlabs' generate.py)."""
+    check_output(output)
     config = settings(ctx).models
     seed_list = parse_seeds(seeds)
     try:

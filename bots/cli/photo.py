@@ -10,7 +10,7 @@ import typer
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bots.cli.common import console, fail, settings
+from bots.cli.common import check_output, console, fail, settings
 from bots.config import Settings
 
 if TYPE_CHECKING:
@@ -21,7 +21,9 @@ def photo(
     ctx: typer.Context,
     source: Annotated[Path, typer.Argument(help="The photo (JPEG, PNG, WebP, HEIC, GIF).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the result.")],
-    style: Annotated[str | None, typer.Option(help="A [styles] name (default: style).")] = None,
+    style: Annotated[
+        str | None, typer.Option(help="A name under [styles] in the config (default: its style).")
+    ] = None,
     strength: Annotated[
         int | None, typer.Option(help="Swap resolution among the style's strengths.")
     ] = None,
@@ -35,7 +37,11 @@ def photo(
         bool, typer.Option("--side-by-side", help="The original beside the toon.")
     ] = False,
     faces_only: Annotated[
-        bool, typer.Option("--faces-only", help="Only the toon faces, in a row.")
+        bool,
+        typer.Option(
+            "--faces-only",
+            help="Only the toon faces, in a row (below the originals' row with --side-by-side).",
+        ),
     ] = False,
 ) -> None:
     """Toonify every face of a photo and write the result (format from OUT's extension)."""
@@ -43,6 +49,7 @@ def photo(
     from inference.images import ImageError
     from inference.pipeline import MODEL_LOAD_ERRORS, NoFace, Toonifier
 
+    check_output(output)
     config = settings(ctx)
     if steps is not None:
         config = _with_steps(config, steps)

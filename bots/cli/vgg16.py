@@ -18,8 +18,8 @@ def fetch_vgg16(
 ) -> None:
     """Download NVIDIA's TorchScript VGG16 to models.dir/models.perceptual (resumable)."""
     # torch loads here, not when any other command starts.
-    from inference.invert import VGG16_URL, load_perceptual
-    from inference.model_store import ModelStoreError, download
+    from inference.invert import VGG16_URL
+    from inference.model_store import ModelStoreError, fetch_perceptual
 
     config = settings(ctx)
     target = config.models.dir / config.models.perceptual
@@ -36,16 +36,11 @@ def fetch_vgg16(
     try:
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task(f"downloading {target.name}", total=None)
-            download(
+            fetch_perceptual(
                 source,
                 target,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
     except ModelStoreError as exc:
-        fail(str(exc))
-    try:
-        load_perceptual(target)
-    except RuntimeError as exc:
-        target.unlink()
-        fail(f"{source} is not a TorchScript network ({exc}); nothing was kept")
+        fail(f"{exc}; or download {source} elsewhere and copy it to {target}")
     console.print(f"[green]fetched[/green] {target}")
