@@ -15,6 +15,7 @@ from storage import (
     Refusal,
     Refused,
     Store,
+    UserRef,
 )
 from storage.models import Job, User
 from tests.storage_support import ALICE, BOB, FakeClock, job, open_storage, policy
@@ -42,10 +43,10 @@ def refused(decision: object, reason: Refusal) -> Refused:
     return decision
 
 
-async def charged_rows(storage: Store) -> tuple[int, int]:
-    """(users.used, job rows) for Alice, read straight from the tables."""
+async def charged_rows(storage: Store, user: UserRef = ALICE) -> tuple[int, int]:
+    """(`user`'s users.used, all job rows), read straight from the tables."""
     async with storage.engine.connect() as conn:
-        used = await conn.scalar(select(User.used).where(User.platform_user_id == ALICE.id))
+        used = await conn.scalar(select(User.used).where(User.platform_user_id == user.id))
         jobs = await conn.scalar(select(func.count()).select_from(Job))
     return used or 0, jobs or 0
 
@@ -68,14 +69,14 @@ async def test_concurrent_consumes_never_exceed_the_quota(
             await each.close()
 
 
-def _hammer(url: str, start: object, results: object, attempts: int) -> None:
+def _hammer(url: str, user: UserRef, start: object, results: object, attempts: int) -> None:
     async def run() -> tuple[int, set[str]]:
         async with await Store.open(url, policy(daily=60)) as storage:
             # Connect the pool before the start, so both processes hammer at full speed.
             await asyncio.gather(*(storage.quotas.allowance(BOB) for _ in range(attempts)))
             start.wait()  # type: ignore[attr-defined]
             decisions = await asyncio.gather(
-                *(storage.quotas.consume(job()) for _ in range(attempts))
+                *(storage.quotas.consume(job(user)) for _ in range(attempts))
             )
         reasons = {str(d.reason) for d in decisions if isinstance(d, Refused)}
         return sum(isinstance(d, Admitted) for d in decisions), reasons
@@ -83,25 +84,38 @@ def _hammer(url: str, start: object, results: object, attempts: int) -> None:
     results.put(asyncio.run(run()))  # type: ignore[attr-defined]
 
 
-async def test_two_processes_never_exceed_the_quota(database_url: str) -> None:
-    url = database_url
-    async with await Store.open(url, policy()):
-        pass
+async def _race(url: str, user: UserRef) -> list[int]:
+    """Two processes, 100 requests each for one user's 60 toons: the toons each got."""
     ctx = multiprocessing.get_context("spawn")
     start, results = ctx.Barrier(2), ctx.Queue()
-    workers = [ctx.Process(target=_hammer, args=(url, start, results, 100)) for _ in range(2)]
+    args = (url, user, start, results, 100)
+    workers = [ctx.Process(target=_hammer, args=args) for _ in range(2)]
     for worker in workers:
         worker.start()
     outcomes = [await asyncio.to_thread(results.get, timeout=60) for _ in workers]
     for worker in workers:
         await asyncio.to_thread(worker.join, 30)
         assert worker.exitcode == 0
-    counts = [count for count, _ in outcomes]
     assert set().union(*(reasons for _, reasons in outcomes)) == {"quota"}
-    assert sum(counts) == 60
-    assert min(counts) > 0, counts  # both really competed for the same toons
-    async with await Store.open(url, policy()) as storage:
-        assert await charged_rows(storage) == (60, 60)
+    return [count for count, _ in outcomes]
+
+
+async def test_two_processes_never_exceed_the_quota(database_url: str) -> None:
+    async with await Store.open(database_url, policy()):
+        pass
+    # A busy machine may run one process's burst before the other starts; race again (as a
+    # new user) until both really competed for the same toons, checking the total each time.
+    rounds = []
+    for attempt in range(5):
+        user = UserRef("telegram", f"race{attempt}")
+        counts = await _race(database_url, user)
+        rounds.append(counts)
+        assert sum(counts) == 60, rounds
+        async with await Store.open(database_url, policy()) as storage:
+            assert await charged_rows(storage, user) == (60, 60 * len(rounds))
+        if min(counts) > 0:
+            break
+    assert min(rounds[-1]) > 0, rounds
 
 
 async def test_refused_requests_charge_nothing(storage: Store) -> None:
