@@ -14,6 +14,7 @@ COPY pyproject.toml README.md ./
 COPY bots ./bots
 COPY inference ./inference
 COPY storage ./storage
+COPY bench ./bench
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:${PYTHON}-slim-bookworm

@@ -8,9 +8,9 @@ import scipy.ndimage
 from PIL import Image, ImageFilter
 from skimage import data
 
+from bench.faces import sample_photos
 from inference.align import AlignedFace, align_face, ffhq_quad, paste_back
 from inference.faces import DlibBackend, FaceDetector
-from inference.faces_bench import sample_photos
 from inference.images import decode_image
 from inference.settings import LimitsSettings
 

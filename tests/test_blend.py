@@ -8,7 +8,7 @@ import torch
 
 from inference.blend import BlendError, blend, texture_weight
 from inference.stylegan2 import Architecture, Generator
-from tests.tiny_models import random_ws, render, tiny_generator
+from tests.support.tiny_models import random_ws, render, tiny_generator
 
 
 def layer_of(key: str) -> tuple[int, int] | None:

@@ -23,7 +23,7 @@ from inference.checkpoints import (
 )
 from inference.safe_pickle import ARGPARSE_NAMESPACE, UnsafePickleError, restricted_load
 from inference.stylegan2 import Generator
-from tests.tiny_models import (
+from tests.support.tiny_models import (
     marker_src,
     nvlabs_generator,
     persistent_module,

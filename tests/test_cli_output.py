@@ -14,7 +14,7 @@ from bots.cli import app
 from bots.cli.photo import _compose
 from inference.align import AlignedFace
 from inference.pipeline import Latents, Prepared, Result
-from tests.tiny_toonify import write_tiny_models
+from tests.support.tiny_toonify import write_tiny_models
 
 
 def invoke(*args: str) -> tuple[int, str]:

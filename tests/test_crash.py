@@ -12,10 +12,10 @@ from typing import Any
 
 from bots import texts
 from storage import JobStatus, UserRef
-from tests.bot_process import GATE
-from tests.crash_support import BotProcess, open_store, write_config
 from tests.fakes.telegram import Call, FakeTelegram
-from tests.service_fixtures import face_jpeg
+from tests.support.bot_process import GATE
+from tests.support.crash_support import BotProcess, open_store, write_config
+from tests.support.service_fixtures import face_jpeg
 
 WAIT = 180.0
 SELFIE = face_jpeg()

@@ -1,5 +1,5 @@
 """The Discord adapter end to end: the real discord.py client against the fake Discord, on
-the whole application with tiny models (tests/service_fixtures.py)."""
+the whole application with tiny models (tests/support/service_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from tests.fakes.discord import (
     FakeMessage,
     FakeUser,
 )
-from tests.service_fixtures import cat_jpeg, face_jpeg, settings, tiny_app
+from tests.support.service_fixtures import cat_jpeg, face_jpeg, settings, tiny_app
 
 WAIT = 60.0
 

@@ -25,8 +25,8 @@ from inference.encoder_checkpoints import (
 from inference.encoders import FaceEncoder
 from inference.invert import invert, pixel_distance, w_stats
 from inference.pipeline import Prepared, Toonifier, to_images, to_tensor
-from tests.tiny_encoders import tiny_encoder, write_public_checkpoint
-from tests.tiny_toonify import tiny_face_generator, tiny_toon_generator, write_tiny_models
+from tests.support.tiny_encoders import tiny_encoder, write_public_checkpoint
+from tests.support.tiny_toonify import tiny_face_generator, tiny_toon_generator, write_tiny_models
 
 REFINE_STEPS = 30
 

@@ -28,8 +28,8 @@ from inference.encoders import (
 )
 from inference.settings import StyleSettings
 from inference.stylegan2 import Architecture, Generator
-from tests.tiny_encoders import tiny_encoder, write_public_checkpoint
-from tests.tiny_models import tiny_generator
+from tests.support.tiny_encoders import tiny_encoder, write_public_checkpoint
+from tests.support.tiny_models import tiny_generator
 
 
 @pytest.fixture(scope="module", autouse=True)

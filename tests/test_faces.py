@@ -14,6 +14,7 @@ from PIL import Image
 from skimage import data
 from typer.testing import CliRunner
 
+from bench.faces import sample_photos
 from bots.cli import app
 from inference.align import align_face, ffhq_quad
 from inference.faces import (
@@ -27,7 +28,6 @@ from inference.faces import (
     make_backend,
     make_detector,
 )
-from inference.faces_bench import sample_photos
 from inference.images import decode_image
 from inference.settings import FacesSettings, LimitsSettings
 

@@ -20,8 +20,8 @@ from inference.invert import (
     w_stats,
 )
 from inference.stylegan2 import Generator
-from tests.tiny_models import random_ws, render
-from tests.tiny_toonify import tiny_face_generator
+from tests.support.tiny_models import random_ws, render
+from tests.support.tiny_toonify import tiny_face_generator
 
 # The invert.steps a test configuration would use at 32 px.
 STEPS = 100

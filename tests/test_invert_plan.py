@@ -15,8 +15,8 @@ from inference.invert import w_stats
 from inference.invert_plan import log_expected_speed, resolve_method
 from inference.pipeline import Toonifier
 from inference.settings import InvertSettings
-from tests.tiny_encoders import tiny_encoder
-from tests.tiny_toonify import tiny_face_generator, write_tiny_models
+from tests.support.tiny_encoders import tiny_encoder
+from tests.support.tiny_toonify import tiny_face_generator, write_tiny_models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

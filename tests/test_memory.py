@@ -22,9 +22,9 @@ from inference.invert import Distance, perceptual_distance
 from inference.memory import detach_frames, is_out_of_memory
 from inference.pipeline import Prepared, Toonifier
 from inference.worker import OutOfMemory, Worker
+from tests.support.tiny_toonify import write_tiny_models
+from tests.support.weak_tensors import Watched
 from tests.test_invert import FakeVgg16
-from tests.tiny_toonify import write_tiny_models
-from tests.weak_tensors import Watched
 
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
@@ -180,9 +180,9 @@ import gc, sys
 gc.disable()
 import torch
 from inference.invert import invert, pixel_distance, warm_up_optimiser
-from tests.tiny_models import random_ws, render
-from tests.tiny_toonify import tiny_face_generator
-from tests.weak_tensors import Watched
+from tests.support.tiny_models import random_ws, render
+from tests.support.tiny_toonify import tiny_face_generator
+from tests.support.weak_tensors import Watched
 assert "torch._dynamo" not in sys.modules
 if sys.argv[1] == "warm":
     warm_up_optimiser()

@@ -16,10 +16,10 @@ from bots.cli import app
 from inference.encoder_checkpoints import save_encoder
 from inference.invert import VGG16_URL
 from inference.model_needs import E4E_FILE, FFHQ_URL, PSP_FILE, PSP_PAGE, TOON_FILE, TOON_PAGE
+from tests.support.tiny_encoders import tiny_encoder
+from tests.support.tiny_models import tiny_generator, write_tensorflow
+from tests.support.tiny_toonify import write_tiny_models
 from tests.test_invert import FakeVgg16
-from tests.tiny_encoders import tiny_encoder
-from tests.tiny_models import tiny_generator, write_tensorflow
-from tests.tiny_toonify import write_tiny_models
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from bots.cli import app
 from inference.checkpoints import load_generator, read_model_info
 from inference.model_store import ModelStore, ModelStoreError, download
-from tests.tiny_models import random_ws, render, tiny_generator, write_tensorflow
+from tests.support.tiny_models import random_ws, render, tiny_generator, write_tensorflow
 
 
 class FileServer:

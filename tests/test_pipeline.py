@@ -21,8 +21,8 @@ from inference.images import decode_image, encode_jpeg
 from inference.invert import PerceptualModelMissingError
 from inference.pipeline import Cancelled, Latents, NoFace, NonFinite, Toonifier
 from inference.settings import LimitsSettings
+from tests.support.tiny_toonify import write_tiny_models
 from tests.test_invert import FakeVgg16
-from tests.tiny_toonify import write_tiny_models
 
 STEPS = 6
 

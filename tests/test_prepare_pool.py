@@ -22,8 +22,8 @@ from inference.prepare_pool import (
     PrepareTimeout,
 )
 from inference.settings import FacesSettings, LimitsSettings
-from tests import prepare_hooks
-from tests.service_fixtures import cat_jpeg, face_jpeg
+from tests.support import prepare_hooks
+from tests.support.service_fixtures import cat_jpeg, face_jpeg
 
 RESOLUTION = 32
 BUDGET = 8.0

@@ -26,8 +26,8 @@ from bots.service import RefusalKind, Refused, Requester, ToonService, Upload
 from inference.pipeline import NonFinite, Toonifier
 from inference.prepare_pool import PreparePool, PrepareSpec
 from storage import Admitted, JobStatus, NewJob, Store, UserRef
-from tests import prepare_hooks
-from tests.service_fixtures import (
+from tests.support import prepare_hooks
+from tests.support.service_fixtures import (
     PHOTOS,
     PLATFORM,
     Photos,

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.crash_support import BotProcess, write_config
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.telegram import FakeTelegram
+from tests.support.crash_support import BotProcess, write_config
 
 # Ctrl-C and SIGTERM end the process within this many seconds, whatever it is doing.
 PROMPT_EXIT = 2.0

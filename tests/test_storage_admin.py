@@ -20,7 +20,7 @@ from storage import (
     UserRef,
 )
 from storage.models import Base
-from tests.storage_support import ALICE, BOB, FakeClock, job, open_storage
+from tests.support.storage_support import ALICE, BOB, FakeClock, job, open_storage
 
 
 @pytest.fixture

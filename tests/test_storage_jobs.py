@@ -5,7 +5,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from storage import Admitted, JobStatus, NewJob, Refusal, Refused
-from tests.storage_support import ALICE, BOB, FakeClock, job, open_storage
+from tests.support.storage_support import ALICE, BOB, FakeClock, job, open_storage
 
 
 def job_id(decision: object) -> str:

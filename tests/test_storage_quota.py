@@ -18,7 +18,7 @@ from storage import (
     UserRef,
 )
 from storage.models import Job, User
-from tests.storage_support import ALICE, BOB, FakeClock, job, open_storage, policy
+from tests.support.storage_support import ALICE, BOB, FakeClock, job, open_storage, policy
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from inference.stylegan2 import (
     make_kernel,
     upsample_2d,
 )
-from tests.tiny_models import random_ws, render, tiny_generator
+from tests.support.tiny_models import random_ws, render, tiny_generator
 
 # ---------------------------------------------------------------- a literal reference
 

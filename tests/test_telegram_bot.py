@@ -1,5 +1,5 @@
 """The Telegram adapter: the real python-telegram-bot against the fake Bot API server, on a
-whole running application with tiny models (tests/service_fixtures.py)."""
+whole running application with tiny models (tests/support/service_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from bots.telegram_bot import TelegramBot
 from inference.pipeline import Toonifier
 from storage import Admitted, JobStatus, NewJob, Store, UserRef
 from tests.fakes.telegram import Call, FakeTelegram, buttons
-from tests.service_fixtures import cat_jpeg, face_jpeg, settings, tiny_app
+from tests.support.service_fixtures import cat_jpeg, face_jpeg, settings, tiny_app
 
 ADMIN = 1
 ADA = 7

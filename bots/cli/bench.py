@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import sqlite3
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import torch
 import typer
-from PIL import Image
 from rich.table import Table
 
 from bots.cli.common import console, fail, settings
 from inference.faces import FaceBackendError, FaceDetector, make_backend, make_detector
 from inference.images import ImageError
-from inference.stylegan2 import Architecture, Generator
 
 app = typer.Typer(
     help="Measure the hot paths on this machine (printed tables).", no_args_is_help=True
@@ -37,7 +31,7 @@ def storage(
     ] = None,
 ) -> None:
     """Quota operations per second on a scratch SQLite database (WAL)."""
-    from storage.bench import measure
+    from bench.storage import measure
 
     rates = asyncio.run(measure(ops, runs, tasks, folder))
     table = Table(title=f"Storage: SQLite {sqlite3.sqlite_version}, {ops} ops x {runs} runs")
@@ -70,7 +64,7 @@ def faces(
     ] = 1,
 ) -> None:
     """Decode, detection (+ landmarks), alignment, all three together, and paste-back time."""
-    from inference.faces_bench import STAGES, measure, sample_photos
+    from bench.faces import STAGES, measure, sample_photos
 
     config = settings(ctx)
     if photos:
@@ -111,23 +105,6 @@ def faces(
         console.print(f"[yellow]{line}[/yellow]")
 
 
-def _median(runs: int, work: Callable[..., object], *args: Any) -> float:
-    """Median seconds of `runs` calls of work(*args) after one warm-up call."""
-    work(*args)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        work(*args)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _jpeg(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=92)
-    return out.getvalue()
-
-
 @app.command("prepare")
 def prepare(
     ctx: typer.Context,
@@ -143,8 +120,8 @@ def prepare(
     size: Annotated[int, typer.Option(min=16, max=4096, help="Aligned face size.")] = 1024,
 ) -> None:
     """Photos per second through the prepare pool (decode, faces, align), all sent at once."""
-    from inference.faces_bench import sample_photos
-    from inference.prepare_bench import pool_throughput, thread_throughput
+    from bench.faces import sample_photos
+    from bench.prepare import pool_throughput, thread_throughput
     from inference.prepare_pool import PrepareSpec
 
     config = settings(ctx)
@@ -185,9 +162,10 @@ def pipeline(
     resolution: Annotated[int, typer.Option(help="Generator resolution.")] = 1024,
 ) -> None:
     """Per-stage times of a toon with random-weight generators: 1 face and 4 faces."""
+    from bench.networks import describe
+    from bench.pipeline import STAGES, group_photos, measure, random_toonifier
     from inference.invert import PerceptualModelMissingError
     from inference.pipeline import distance_factory, resolve_device
-    from inference.pipeline_bench import STAGES, measure, random_toonifier
 
     config = settings(ctx)
     device = resolve_device(config.models.device)
@@ -212,11 +190,14 @@ def pipeline(
         toonifier = random_toonifier(
             resolution, device, dtype, detector, config.limits, make_distance
         )
-    photos = _group_photos()
+    try:
+        photos = group_photos()
+    except ImportError:
+        fail("install the dev extra (scikit-image) for the sample photos")
     rows = measure(toonifier, photos, steps, runs)
     threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
     title = (
-        f"Pipeline: {resolution} px random generators on {_describe(device)}{threads}, "
+        f"Pipeline: {resolution} px random generators on {describe(device)}{threads}, "
         f"{config.models.dtype} render, {loss} loss, {steps} steps, {runs} runs"
     )
     table = Table("photo", "faces", *STAGES, title=title)
@@ -227,53 +208,28 @@ def pipeline(
     console.print(table)
 
 
-def _group_photos() -> dict[str, bytes]:
-    """The astronaut alone (batch 1) and four of her in a 2x2 grid (batch 4)."""
-    try:
-        from skimage import data
-    except ImportError:
-        fail("install the dev extra (scikit-image) for the sample photos")
-    astronaut = Image.fromarray(data.astronaut())
-    grid = Image.new("RGB", (astronaut.width * 2, astronaut.height * 2))
-    for x in (0, astronaut.width):
-        for y in (0, astronaut.height):
-            grid.paste(astronaut, (x, y))
-    return {"astronaut.jpg": _jpeg(astronaut), "astronaut-x4.jpg": _jpeg(grid)}
-
-
 @app.command("encoder")
 def encoder(
     ctx: typer.Context,
     runs: Annotated[int, typer.Option(min=1, help="Timed runs per row (median shown).")] = 5,
 ) -> None:
     """Forward time per face of a full-size e4e encoder (random weights), batch 1 and 8."""
-    from inference.encoders import EncoderArch, FaceEncoder
+    from bench.networks import describe, encoder_seconds
     from inference.pipeline import resolve_device
 
     device = resolve_device(settings(ctx).models.device)
-    model = FaceEncoder(EncoderArch(kind="e4e"), torch.zeros(18, 512)).eval().to(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
-    table = Table(title=f"Encoder forward (IR-SE-50, 256 px, float32) on {name}")
+    table = Table(title=f"Encoder forward (IR-SE-50, 256 px, float32) on {describe(device)}")
     for column in ("batch", "ms / batch", "ms / face", "faces / s"):
         table.add_column(column, justify="right")
     for batch in (1, 8):
-        faces = torch.rand(batch, 3, 256, 256, device=device) * 2 - 1
-        with torch.inference_mode():
-            seconds = _median(runs, _forward, model, faces)
+        timing = encoder_seconds(batch, runs, device)
         table.add_row(
             str(batch),
-            f"{seconds * 1e3:.1f}",
-            f"{seconds * 1e3 / batch:.1f}",
-            f"{batch / seconds:.1f}",
+            f"{timing.seconds * 1e3:.1f}",
+            f"{timing.seconds * 1e3 / batch:.1f}",
+            f"{batch / timing.seconds:.1f}",
         )
     console.print(table)
-
-
-def _forward(model: Callable[[torch.Tensor], torch.Tensor], faces: torch.Tensor) -> None:
-    """One forward pass, GPU work included (CUDA runs asynchronously)."""
-    model(faces)
-    if faces.is_cuda:
-        torch.cuda.synchronize(faces.device)
 
 
 def _ints(text: str) -> list[int]:
@@ -281,27 +237,6 @@ def _ints(text: str) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
-
-
-def _synthesis_seconds(
-    generator: Generator, batch: int, runs: int, dtype: torch.dtype
-) -> list[float]:
-    """Wall time of `runs` synthesis calls after one warm-up call (device synchronised)."""
-    device = generator.input.input.device
-    z = torch.randn(batch, generator.z_dim, generator=torch.Generator().manual_seed(0))
-    times = []
-    with torch.no_grad():
-        ws = generator.mapping(z.to(device))
-        for i in range(runs + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            generator.synthesis(ws, noise_mode="const", dtype=dtype)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i:
-                times.append(time.perf_counter() - start)
-    return times
 
 
 @app.command("generator")
@@ -315,6 +250,8 @@ def generator(
     ] = None,
 ) -> None:
     """Images per second of the StyleGAN2 synthesis network (random config-f weights)."""
+    from bench.networks import describe, synthesis_seconds
+
     setting = device or settings(ctx).models.device
     if setting == "auto":
         setting = "cuda" if torch.cuda.is_available() else "cpu"
@@ -325,14 +262,13 @@ def generator(
     threads = f", {torch.get_num_threads()} threads" if target.type == "cpu" else ""
     table = Table(
         "Resolution", "Batch", "dtype", "Median ms", "Images/s",
-        title=f"StyleGAN2 synthesis on {_describe(target)}{threads}, median of {runs}",
+        title=f"StyleGAN2 synthesis on {describe(target)}{threads}, median of {runs}",
     )  # fmt: skip
     for resolution in _ints(resolutions):
-        model = Generator(Architecture(resolution)).eval().requires_grad_(False).to(target)
         for dtype in dtypes:
             for batch in _ints(batches):
                 with console.status(f"{resolution} px, batch {batch}, {dtype}"):
-                    median = statistics.median(_synthesis_seconds(model, batch, runs, dtype))
+                    median = synthesis_seconds(resolution, batch, runs, dtype, target).seconds
                 table.add_row(
                     str(resolution),
                     str(batch),
@@ -343,12 +279,6 @@ def generator(
     console.print(table)
 
 
-def _describe(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return device.type
-
-
 @app.command("service")
 def service(
     jobs: Annotated[int, typer.Option(min=1, help="Jobs per run.")] = 20,
@@ -357,7 +287,7 @@ def service(
     batches: Annotated[str, typer.Option(help="worker.max_batch values to compare.")] = "1,4",
 ) -> None:
     """Per-job overhead outside inference and throughput by max_batch, on tiny models (CPU)."""
-    from bots.service_bench import measure, median
+    from bench.service import measure, median
 
     figures = asyncio.run(measure(jobs, runs, steps, _ints(batches)))
     table = Table(title=f"Service: {jobs} jobs x {runs} runs, tiny 32 px models, {steps} steps")

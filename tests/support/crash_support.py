@@ -19,9 +19,10 @@ from typing import Any
 from storage import Store
 from storage.settings import QuotaSettings
 from tests.fakes.telegram import FakeTelegram
-from tests.tiny_toonify import write_tiny_models
+from tests.support.tiny_toonify import write_tiny_models
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+BOT_MODULE = "tests.support.bot_process"
 RUNNING = "toonify-bot is running"
 
 
@@ -67,7 +68,7 @@ def _value(value: Any) -> str:
 
 
 class BotProcess:
-    """`python -m tests.bot_process --config CONFIG run`, its stderr kept in a file."""
+    """`python -m tests.support.bot_process --config CONFIG run`, its stderr kept in a file."""
 
     def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
@@ -80,7 +81,14 @@ class BotProcess:
         self._start_offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tests.bot_process", "--config", str(self.config), *args],
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.support.bot_process",
+                    "--config",
+                    str(self.config),
+                    *args,
+                ],
                 cwd=ROOT,
                 env=self.env,
                 stdin=subprocess.DEVNULL,

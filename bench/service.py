@@ -53,6 +53,7 @@ class _TimedEngine:
         self.default_style = inner.default_style
         self.detector = inner.detector
         self.resolution = inner.resolution
+        self.device = inner.device
         self.seconds = 0.0
         self._lock = threading.Lock()
 

@@ -488,5 +488,5 @@ def write_tensorflow(
 
 
 def write_canonical(generator: Generator, path: Path) -> Path:
-    save_generator(generator, path, source="tests.tiny_models")
+    save_generator(generator, path, source="tests.support.tiny_models")
     return path

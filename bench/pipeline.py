@@ -102,6 +102,21 @@ def _timed_inversion(toonifier: Toonifier, prepared: Prepared) -> tuple[Latents,
     return latents, [b - a for a, b in itertools.pairwise(stamps)]
 
 
+def group_photos() -> dict[str, bytes]:
+    """The astronaut alone (batch 1) and four of her in a 2x2 grid (batch 4).
+
+    Raises ImportError without scikit-image (the dev extra).
+    """
+    from skimage import data
+
+    astronaut = Image.fromarray(data.astronaut())
+    grid = Image.new("RGB", (astronaut.width * 2, astronaut.height * 2))
+    for x in (0, astronaut.width):
+        for y in (0, astronaut.height):
+            grid.paste(astronaut, (x, y))
+    return {"astronaut.jpg": encode_jpeg(astronaut), "astronaut-x4.jpg": encode_jpeg(grid)}
+
+
 def _seconds(work: Callable[[Image.Image], object], image: Image.Image) -> float:
     start = time.perf_counter()
     work(image)

@@ -31,7 +31,7 @@ from bots.service import Refused, Requester, Toon, ToonService, Upload
 from inference.pipeline import Toonifier
 from inference.prepare_pool import PreparePool
 from storage import Store
-from tests.tiny_toonify import write_tiny_models
+from tests.support.tiny_toonify import write_tiny_models
 
 PLATFORM = "test"
 # The photos the "test" platform serves, by the name its requests carry in their reference.

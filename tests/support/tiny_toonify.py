@@ -21,11 +21,12 @@ import torch
 
 from inference.checkpoints import save_generator
 from inference.stylegan2 import Generator
-from tests.tiny_models import tiny_generator
+from tests.support.tiny_models import tiny_generator
 
 # Trained generators add noise as fine detail only; tiny_generator's random noise strengths
 # are large enough to drown the image, which no latent could then reproduce.
 NOISE_STRENGTH_SCALE = 0.05
+SOURCE = "tests.support.tiny_toonify"
 
 
 def tiny_face_generator(resolution: int = 32, seed: int = 0) -> Generator:
@@ -61,10 +62,12 @@ def write_tiny_models(
     faces, pixel loss with `steps` steps, strengths [8, 16, 32] (default 16) per style.
     """
     face = tiny_face_generator(resolution)
-    save_generator(face, models_dir / "ffhq.safetensors", source="tests.tiny_toonify")
+    save_generator(face, models_dir / "ffhq.safetensors", source=SOURCE)
     for seed, name in enumerate(styles, start=1):
         toon = tiny_toon_generator(face, seed=seed)
-        save_generator(toon, models_dir / f"{name}.safetensors", source="tests.tiny_toonify")
+        save_generator(
+            toon, models_dir / f"{name}.safetensors", source="tests.support.tiny_toonify"
+        )
     strengths = [r for r in (8, 16, 32) if r <= resolution]
     return {
         "models": {"dir": str(models_dir), "face": "ffhq", "device": "cpu"},

@@ -1,9 +1,9 @@
 """The real `toonify` command in a subprocess, for the tests that kill it; one test hook.
 
-    python -m tests.bot_process --config config.toml run
+    python -m tests.support.bot_process --config config.toml run
 
 TEST_PREPARE_GATE=path: every photo waits in decoding, inside its prepare process, while that
-file exists (tests/prepare_hooks.py), so a test can stop the bot with photos in preparation.
+file exists (tests/support/prepare_hooks.py), so a test can stop the bot with photos in preparation.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from bots.cli import app
 from inference.prepare_pool import PrepareSpec
-from tests import prepare_hooks
+from tests.support import prepare_hooks
 
 GATE = "TEST_PREPARE_GATE"
 

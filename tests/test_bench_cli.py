@@ -1,0 +1,31 @@
+"""Every `toonify bench` command runs to its table on tiny sizes: the benchmarks wrap the real
+code paths, so an API change that breaks one shows here rather than on the serving box."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from bots.cli import app
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["storage", "--ops", "5", "--runs", "1"], "consume"),
+        (["generator", "--resolutions", "16", "--batches", "1", "--runs", "1"], "Images/s"),
+        (["pipeline", "--resolution", "32", "--steps", "2", "--runs", "1"], "invert/step"),
+        (["service", "--jobs", "2", "--runs", "1", "--batches", "1", "--steps", "1"], "jobs/s"),
+        (["prepare", "--copies", "1", "--runs", "1", "--processes", "1"], "1 process"),
+    ],
+)
+def test_bench_commands_print_their_table(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], expected: str
+) -> None:
+    monkeypatch.setenv("TOONIFY_MODELS_DEVICE", "cpu")
+    monkeypatch.setenv("TOONIFY_INVERT_LOSS", "pixel")
+    monkeypatch.setenv("TOONIFY_FACES_BACKEND", "dlib")
+    monkeypatch.setenv("COLUMNS", "200")
+    result = CliRunner().invoke(app, ["bench", *args])
+    assert result.exit_code == 0, result.output
+    assert expected in result.output
