@@ -14,9 +14,10 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from cachetools import TTLCache
@@ -246,6 +247,16 @@ class ToonService:
         self._preparing: set[asyncio.Task[None]] = set()
         self._seconds_per_job = 30.0
         self._progress_interval = config.worker.progress_interval
+
+    @property
+    def styles(self) -> Mapping[str, StyleInfo]:
+        """The styles this bot renders (names, labels, strengths, defaults), read-only:
+        adapters build their choices from this, never from the configuration."""
+        return MappingProxyType(self._styles)
+
+    @property
+    def default_style(self) -> str:
+        return self._default_style
 
     # -- admission ---------------------------------------------------------------------------
 
