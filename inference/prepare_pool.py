@@ -12,6 +12,13 @@ The processes are fresh interpreters (`python -c`, like multiprocessing's spawn 
 nothing forked from a process that holds threads and CUDA state) that import only this module's
 dependencies. multiprocessing's own spawn would also import the parent's main script, which
 for `toonify` is the whole CLI: typer, the chat libraries, the generators and the inversion.
+
+The decoded photo comes back through an anonymous in-memory file that each process shares with
+the bot, not through the pipe: a 12 MP photo is 36 MB of pixels, which pickled and streamed
+through a socket cost the bot more CPU than the 2-core machine could spare for a second
+process (figures in bench/README.md). Only the aligned faces and the rest of the result are
+pickled. The bot reads exactly the pixels the process says it wrote, after the process
+finished the photo, and empties the file before the next photo goes out.
 """
 
 from __future__ import annotations
@@ -19,12 +26,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import logging
+import mmap
+import os
 import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable
@@ -33,6 +44,7 @@ from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 
 import torch
+from PIL import Image
 
 from inference.faces import FaceDetector, make_detector
 from inference.images import ImageError
@@ -45,7 +57,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 120.0
 # Waits before starting a process again after it failed to start.
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
-_CHILD = "import sys; from inference.prepare_pool import serve; serve(int(sys.argv[1]))"
+_CHILD = "import sys; from inference.prepare_pool import serve; serve(*map(int, sys.argv[1:]))"
 
 
 class PrepareTimeout(Exception):
@@ -105,6 +117,16 @@ class PrepareSpec:
         return cls(resolved, device, limits, resolution, setup)
 
 
+@dataclass(frozen=True)
+class _Shipped:
+    """A prepared photo on its way back: `prepared` with an empty photo, whose pixels (`mode`,
+    `size`) wait in the process's pixel file."""
+
+    prepared: Prepared
+    mode: str
+    size: tuple[int, int]
+
+
 @dataclass(eq=False)
 class _Request:
     image: bytes
@@ -134,7 +156,7 @@ class PreparePool:
         self._size = processes
         self._timeout = timeout
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
-        self._processes: dict[int, tuple[subprocess.Popen[bytes], Connection]] = {}
+        self._processes: dict[int, _Process] = {}
         self._exits: dict[int, int] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -174,8 +196,8 @@ class PreparePool:
             self._requests.put(None)
         with self._lock:
             running = list(self._processes.values())
-        for process, _ in running:
-            process.kill()
+        for entry in running:
+            entry.process.kill()
         for keeper in self._keepers:
             await asyncio.to_thread(keeper.join)
         while True:
@@ -246,7 +268,22 @@ class PreparePool:
                     "a prepare process died (%s) with a photo; it is replaced", self._exit_of(index)
                 )
             return PrepareCrashed(), False
+        if isinstance(outcome, _Shipped):
+            try:
+                return self._unpack(index, outcome), True
+            except (OSError, ValueError) as exc:
+                summary = f"the prepared photo could not be read back: {exc}"
+                return PrepareFailed(summary, "".join(traceback.format_exception(exc))), False
         return outcome, True
+
+    def _unpack(self, index: int, shipped: _Shipped) -> Prepared:
+        """The prepared photo with its pixels read from process `index`'s pixel file, which is
+        then emptied (its memory handed back) for the next photo."""
+        with self._lock:
+            pixels = self._processes[index].pixels
+        photo = _read_pixels(pixels, shipped.mode, shipped.size)
+        os.ftruncate(pixels, 0)
+        return dataclasses.replace(shipped.prepared, photo=photo)
 
     def _relaunch(self, index: int) -> Connection | None:
         """A new process for `index`, retrying with a growing delay; None once closing."""
@@ -271,18 +308,26 @@ class PreparePool:
             if self._closing.is_set():
                 raise PoolStartError("the pool is stopping")
             try:
+                pixels = _pixel_file()
+            except OSError as exc:
+                child.close()
+                parent.close()
+                raise PoolStartError(f"cannot make its pixel file: {exc}") from exc
+            try:
                 process = subprocess.Popen(
-                    [sys.executable, "-c", _CHILD, str(child.fileno())],
-                    pass_fds=[child.fileno()],
+                    [sys.executable, "-c", _CHILD, str(child.fileno()), str(pixels)],
+                    pass_fds=[child.fileno(), pixels],
                     stdin=subprocess.DEVNULL,
                     # Out of the terminal's process group: Ctrl-C is for the bot to handle.
                     start_new_session=True,
                 )
             except OSError as exc:
+                os.close(pixels)
+                parent.close()
                 raise PoolStartError(f"cannot start a process: {exc}") from exc
             finally:
                 child.close()
-            self._processes[index] = (process, parent)
+            self._processes[index] = _Process(process, parent, pixels)
         try:
             parent.send(sys.path)
             parent.send(self._spec)
@@ -306,20 +351,64 @@ class PreparePool:
             entry = self._processes.pop(index, None)
         if entry is None:
             return
-        process, conn = entry
-        process.kill()
-        self._exits[index] = process.wait()
-        conn.close()
+        entry.process.kill()
+        self._exits[index] = entry.process.wait()
+        entry.conn.close()
+        os.close(entry.pixels)
 
     def _exit_of(self, index: int) -> str:
         with self._lock:
             entry = self._processes.get(index)
-        code = self._exits.get(index) if entry is None else _reaped(entry[0])
+        code = self._exits.get(index) if entry is None else _reaped(entry.process)
         if code is None:
             return "still running"
         if code < 0:
             return f"killed by {signal.Signals(-code).name}"
         return f"exit status {code}"
+
+
+@dataclass(frozen=True)
+class _Process:
+    """A running prepare process, the bot's end of its pipe, and its pixel file."""
+
+    process: subprocess.Popen[bytes]
+    conn: Connection
+    pixels: int  # file descriptor
+
+
+def _pixel_file() -> int:
+    """An anonymous file in memory (Linux's memfd; elsewhere an unlinked temporary file)."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("toonify-prepared-photo")
+    with tempfile.TemporaryFile() as file:
+        return os.dup(file.fileno())
+
+
+def _write_pixels(fd: int, photo: Image.Image) -> None:
+    data = photo.tobytes()
+    os.ftruncate(fd, len(data))
+    if data:
+        with mmap.mmap(fd, len(data)) as view:
+            view[:] = data
+
+
+def _read_pixels(fd: int, mode: str, size: tuple[int, int]) -> Image.Image:
+    """The photo the process wrote, copied straight from the file's memory into Pillow's."""
+    expected = len(Image.new(mode, (1, 1)).tobytes()) * size[0] * size[1]
+    if os.fstat(fd).st_size != expected:
+        raise ValueError(f"the pixel file holds {os.fstat(fd).st_size} bytes, not {expected}")
+    if not expected:
+        return Image.new(mode, size)
+    with mmap.mmap(fd, expected, prot=mmap.PROT_READ) as view:
+        return Image.frombytes(mode, size, view)
+
+
+def _ship(prepared: Prepared, pixels: int) -> _Shipped:
+    """In a prepare process: the photo's pixels into the pixel file, the rest for the pipe."""
+    photo = prepared.photo
+    _write_pixels(pixels, photo)
+    empty = Image.new(photo.mode, (0, 0))
+    return _Shipped(dataclasses.replace(prepared, photo=empty), photo.mode, photo.size)
 
 
 def _reaped(process: subprocess.Popen[bytes]) -> int | None:
@@ -330,8 +419,9 @@ def _reaped(process: subprocess.Popen[bytes]) -> int | None:
         return None
 
 
-def serve(fd: int) -> None:
-    """A prepare process: load the detector once, then prepare photos until the pipe closes."""
+def serve(fd: int, pixels: int) -> None:
+    """A prepare process: load the detector once, then prepare photos until the pipe closes;
+    each decoded photo goes back through the file `pixels`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Alignment resamples with torch: one thread per process, the pool is the parallelism.
     torch.set_num_threads(1)
@@ -350,10 +440,8 @@ def serve(fd: int) -> None:
         while True:
             image = conn.recv_bytes()
             try:
-                outcome: tuple[str, object] = (
-                    "ok",
-                    prepare_photo(image, detector, spec.limits, spec.resolution),
-                )
+                prepared = prepare_photo(image, detector, spec.limits, spec.resolution)
+                outcome: tuple[str, object] = ("ok", _ship(prepared, pixels))
             except Exception as exc:
                 outcome = ("error", _portable(exc))
             conn.send(outcome)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from inference.images import ImageError, ImageProblem
+from bench.faces import sample_photos
+from inference.images import ImageError, ImageProblem, decode_image
 from inference.prepare import NoFace
 from inference.prepare_pool import (
     PoolClosed,
@@ -69,6 +70,17 @@ async def test_photos_are_prepared_in_processes_with_their_refusals_intact(
     with pytest.raises(ImageError) as refused:
         await pool.prepare(b"not an image at all")
     assert refused.value.problem is ImageProblem.NOT_AN_IMAGE
+
+
+async def test_each_photo_comes_back_with_exactly_the_pixels_decoded(pool: PreparePool) -> None:
+    """The photos cross through each process's pixel file: a large photo and then a smaller
+    one through the same process must not come back with the other's pixels."""
+    samples = sample_photos()
+    for photo in (samples["phone.jpg"], face_jpeg(), samples["two-faces.jpg"]):
+        for prepared in await asyncio.gather(pool.prepare(photo), pool.prepare(photo)):
+            decoded = decode_image(photo, LimitsSettings())
+            assert prepared.photo.mode == decoded.mode
+            assert prepared.photo.tobytes() == decoded.tobytes()
 
 
 async def test_a_photo_over_budget_is_refused_while_other_photos_go_on(
