@@ -1,5 +1,6 @@
 """Forward-pass times of the two big networks, with random weights of the real sizes:
-the StyleGAN2 synthesis network and the e4e encoder. Random weights cost what trained ones do.
+the StyleGAN2 synthesis network and the e4e encoder, in either runtime (inference/runtime.py).
+Random weights cost what trained ones do.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from inference.encoders import EncoderArch, FaceEncoder
+from inference.runtime import Runtime, load_networks
 from inference.stylegan2 import Architecture, Generator
 
 
@@ -21,6 +23,7 @@ class Timing:
 
     batch: int
     seconds: float
+    setup: float = 0.0  # seconds to convert the network for the runtime
 
 
 def describe(device: torch.device) -> str:
@@ -31,23 +34,38 @@ def describe(device: torch.device) -> str:
 
 
 def synthesis_seconds(
-    resolution: int, batch: int, runs: int, dtype: torch.dtype, device: torch.device
+    resolution: int,
+    batch: int,
+    runs: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    runtime: Runtime = "torch",
 ) -> Timing:
-    """Median of `runs` synthesis calls of a random config-f generator, after a warm-up."""
+    """Median of `runs` renders (synthesis with the stored noise) of a random config-f
+    generator in `runtime`, after a warm-up; `setup` is the runtime's conversion."""
     generator = Generator(Architecture(resolution)).eval().requires_grad_(False).to(device)
     z = torch.randn(batch, generator.z_dim, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         ws = generator.mapping(z.to(device))
-        seconds = _median(runs, lambda: generator.synthesis(ws, noise_mode="const", dtype=dtype))
-    return Timing(batch, seconds)
+    start = time.perf_counter()
+    networks = load_networks(runtime, device, dtype, [generator], [])
+    setup = time.perf_counter() - start
+    seconds = _median(runs, lambda: networks.synthesis(generator, ws, dtype))
+    return Timing(batch, seconds, setup)
 
 
-def encoder_seconds(batch: int, runs: int, device: torch.device) -> Timing:
-    """Median of `runs` forward passes of a full-size e4e encoder (IR-SE-50, 256 px)."""
+def encoder_seconds(
+    batch: int, runs: int, device: torch.device, runtime: Runtime = "torch"
+) -> Timing:
+    """Median of `runs` forward passes of a full-size e4e encoder (IR-SE-50, 256 px) in
+    `runtime`; `setup` is the runtime's conversion."""
     model = FaceEncoder(EncoderArch(kind="e4e"), torch.zeros(18, 512)).eval().to(device)
+    model.requires_grad_(False)
     faces = torch.rand(batch, 3, 256, 256, device=device) * 2 - 1
-    with torch.inference_mode():
-        return Timing(batch, _median(runs, lambda: model(faces)))
+    start = time.perf_counter()
+    networks = load_networks(runtime, device, torch.float32, [], [model])
+    setup = time.perf_counter() - start
+    return Timing(batch, _median(runs, lambda: networks.encode(model, faces)), setup)
 
 
 def _median(runs: int, work: Callable[[], object]) -> float:

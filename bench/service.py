@@ -20,16 +20,14 @@ from typing import Any
 from PIL import Image
 from skimage import data
 
+from bench.platform import PLATFORM, BenchPlatform, BenchReply, submit
 from bots.app import App
 from bots.config import Settings
-from bots.service import Refused, Toon, Upload
-from bots.service import Requester as Who
 from inference.checkpoints import save_generator
 from inference.pipeline import Prepared, Toonifier
 from inference.stylegan2 import Architecture, Generator
 from storage import Store
 
-PLATFORM = "bench"
 PREPARE_STAGES = ("decode", "detect", "align")
 TINY = Architecture(
     resolution=32, channel_multiplier=1, w_dim=64, n_mlp=2, channel_max=16, channel_base=512
@@ -77,39 +75,6 @@ class _TimedEngine:
         return self._timed(self._inner.render, *args)
 
 
-class _Reply:
-    def __init__(self) -> None:
-        self.done = asyncio.Event()
-
-    async def queued(self, text: str) -> None:
-        pass
-
-    async def progress(self, text: str) -> None:
-        pass
-
-    async def deliver(self, toon: Toon) -> None:
-        pass
-
-    async def delivered(self) -> None:
-        self.done.set()
-
-    async def fail(self, error: Refused) -> None:
-        raise RuntimeError(f"benchmark job failed: {error.text}")
-
-
-class _Photo:
-    """The benchmark's platform: every job's photo is the same one."""
-
-    def __init__(self, photo: bytes) -> None:
-        self._photo = photo
-
-    async def fetch(self, ref: dict[str, Any]) -> bytes:
-        return self._photo
-
-    def reply_for(self, ref: dict[str, Any]) -> _Reply:
-        return _Reply()
-
-
 def _config(folder: Path, steps: int, max_batch: int, jobs: int) -> Settings:
     generator = Generator(TINY)
     save_generator(generator, folder / "ffhq.safetensors", source="bench")
@@ -144,13 +109,9 @@ async def _app(
     config = _config(folder, steps, max_batch, jobs)
     engine = _TimedEngine(await asyncio.to_thread(Toonifier.from_config, config))
     app = App(config, engine, await Store.open(config.storage.url, config.quota))
-    app.service.register(PLATFORM, _Photo(photo))
+    app.service.register(PLATFORM, BenchPlatform(photo))
     await app.start([])
     return app, engine
-
-
-async def _submit(app: App, who: Who, reply: _Reply) -> None:
-    await app.service.admit(who, Upload(None, None), reply, ref={})
 
 
 async def _one_by_one(app: App, engine: _TimedEngine, jobs: int) -> float:
@@ -158,19 +119,17 @@ async def _one_by_one(app: App, engine: _TimedEngine, jobs: int) -> float:
     engine.seconds = 0.0
     start = time.perf_counter()
     for _ in range(jobs):
-        reply = _Reply()
-        await _submit(app, Who(PLATFORM, "solo", "solo"), reply)
+        reply = BenchReply()
+        await submit(app, "solo", reply)
         await reply.done.wait()
     return 1000 * (time.perf_counter() - start - engine.seconds) / jobs
 
 
 async def _all_at_once(app: App, jobs: int) -> float:
     """Jobs per second with `jobs` users sending at the same moment."""
-    replies = [_Reply() for _ in range(jobs)]
+    replies = [BenchReply() for _ in range(jobs)]
     start = time.perf_counter()
-    await asyncio.gather(
-        *(_submit(app, Who(PLATFORM, str(n), str(n)), reply) for n, reply in enumerate(replies))
-    )
+    await asyncio.gather(*(submit(app, str(n), reply) for n, reply in enumerate(replies)))
     await asyncio.gather(*(reply.done.wait() for reply in replies))
     return jobs / (time.perf_counter() - start)
 

@@ -239,12 +239,20 @@ class FaceEncoder(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """images [B, C, H, W] in [-1, 1] (any size; resized like pSp's 256 px transform)."""
+        return self.codes(self.resize_input(images))
+
+    def resize_input(self, images: Tensor) -> Tensor:
+        """images at the encoder's input size (antialiased bilinear), unchanged if they are."""
         size = self.arch.input_size
-        if images.shape[-2:] != (size, size):
-            images = functional.interpolate(
-                images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-            )
-        ws = self.encoder(images)
+        if images.shape[-2:] == (size, size):
+            return images
+        return functional.interpolate(
+            images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+
+    def codes(self, inputs: Tensor) -> Tensor:
+        """W+ codes [B, num_ws, w_dim] of images already at the input size."""
+        ws = self.encoder(inputs)
         if self.latent_avg is not None:
             ws = ws + self.latent_avg
         return ws

@@ -45,6 +45,13 @@ from inference.invert import (
 from inference.invert_plan import method_steps, resolve_method
 from inference.model_store import ModelStore, ModelStoreError
 from inference.prepare import NoFace, Prepared, prepare_photo, timed
+from inference.runtime import (
+    Networks,
+    Runtime,
+    RuntimeUnavailable,
+    load_networks,
+    tune_backends,
+)
 from inference.settings import (
     FacesSettings,
     InvertSettings,
@@ -78,6 +85,7 @@ MODEL_LOAD_ERRORS = (
     CheckpointError,
     BlendError,
     FaceBackendError,
+    RuntimeUnavailable,
     ValueError,
 )
 
@@ -204,11 +212,13 @@ class Toonifier:
         encoder: FaceEncoder | None = None,
         style_encoders: Mapping[str, FaceEncoder] | None = None,
         dtype: torch.dtype = torch.float32,
+        runtime: Runtime = "torch",
     ) -> None:
         """`encoder` set: its answer is the codes (steps 0) or where `steps` of optimisation
         start; else they start at w_avg. `style_encoders` map the faces straight into the one
         model of `blends[style]` (pSp's toonify), without the FFHQ codes. `dtype`: the
-        precision of the top resolutions of a render."""
+        precision of the top resolutions of a render. `runtime`: what runs the renders and the
+        encoders (inference/runtime.py); inversion always runs in PyTorch."""
         self.face = face.eval().requires_grad_(False)
         self.blends = blends
         self.styles = styles
@@ -221,11 +231,14 @@ class Toonifier:
         self.style_encoders = dict(style_encoders or {})
         self.dtype = dtype
         self.device = next(face.parameters()).device
-        # No cuDNN autotuning, stated here because face-alignment turns it on for the whole
-        # process: it would tune again for every new batch size (and photo size in detection)
-        # on the shared GPU, and its timed choice of algorithms would make a face's pixels
-        # depend on the batch it ran in. Whether tuning would pay off is not yet measured.
-        torch.backends.cudnn.benchmark = False
+        tune_backends(self.device)
+        self.networks: Networks = load_networks(
+            runtime,
+            self.device,
+            dtype,
+            [model for models in blends.values() for model in models.values()],
+            [e for e in (encoder, *self.style_encoders.values()) if e is not None],
+        )
         w_stats(face)  # computed now rather than during the first request
         warm_up_optimiser()
 
@@ -278,6 +291,7 @@ class Toonifier:
             encoder=encoder,
             style_encoders=style_encoders,
             dtype=dtype,
+            runtime=config.models.runtime,
         )
 
     @property
@@ -306,8 +320,7 @@ class Toonifier:
         targets = to_tensor([face.image for face in faces], self.device)
         encoded = None
         if self.encoder is not None:
-            with torch.no_grad():
-                encoded = self.encoder(targets)
+            encoded = self.networks.encode(self.encoder, targets)
         if encoded is not None and self.steps == 0:
             found_ws = encoded.float().cpu()
             if progress is not None:
@@ -357,10 +370,11 @@ class Toonifier:
         style, strength = self.pick(style, strength)
         model = self.blends[style][strength]
         timings: dict[str, float] = {}
-        with timed(timings, "render"), torch.no_grad():
+        with timed(timings, "render"), torch.inference_mode():
             ws = latents.ws
             if style in self.style_encoders:
-                ws = self.style_encoders[style](to_tensor([f.image for f in faces], self.device))
+                images = to_tensor([f.image for f in faces], self.device)
+                ws = self.networks.encode(self.style_encoders[style], images)
             toons = to_images(self._synthesise(model, ws.to(self.device), f"{style}/{strength}"))
         with timed(timings, "paste"):
             pasted = paste_back(
@@ -373,10 +387,10 @@ class Toonifier:
         if not bool(ws.isfinite().all()):
             log.warning("non-finite latent codes for %s: the job fails", what)
             raise NonFinite("the face's latent codes are not finite")
-        images = model.synthesis(ws, noise_mode="const", dtype=self.dtype)
+        images = self.networks.synthesis(model, ws, self.dtype)
         if self.dtype != torch.float32 and not bool(images.isfinite().all()):
             log.warning("%s rendered non-finite in %s; rendering in float32", what, self.dtype)
-            images = model.synthesis(ws, noise_mode="const")
+            images = self.networks.synthesis(model, ws, torch.float32)
         if not bool(images.isfinite().all()):
             log.warning("%s rendered non-finite in float32: the job fails", what)
             raise NonFinite("the rendered face is not finite")

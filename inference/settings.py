@@ -19,6 +19,7 @@ class ModelsSettings(Section):
     dir: Path = Path("models")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    runtime: Literal["torch", "openvino"] = "torch"
     face: str = "ffhq"
     perceptual: str = "vgg16.pt"
 

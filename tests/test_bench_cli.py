@@ -17,6 +17,7 @@ from bots.cli import app
         (["pipeline", "--resolution", "32", "--steps", "2", "--runs", "1"], "invert/step"),
         (["service", "--jobs", "2", "--runs", "1", "--batches", "1", "--steps", "1"], "jobs/s"),
         (["prepare", "--copies", "1", "--runs", "1", "--processes", "1"], "1 process"),
+        (["e2e", "--resolution", "32", "--runs", "1", "--steps", "1", "--users", "2"], "photos/s"),
     ],
 )
 def test_bench_commands_print_their_table(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import statistics
 from pathlib import Path
 from typing import Annotated
 
@@ -138,18 +139,28 @@ def prepare(
     except FaceBackendError as exc:
         fail(str(exc))
     spec = PrepareSpec.of(detector, config.faces, config.limits, size)
+    load = os.getloadavg()[0]
     rows = [asyncio.run(thread_throughput(detector, spec, burst, runs))]
     for count in _ints(processes):
         rows.append(asyncio.run(pool_throughput(spec, count, burst, runs)))
     title = (
         f"Prepare: {len(burst)} photos at once ({', '.join(named)}), {detector.backend}, "
-        f"{os.cpu_count()} cores, {runs} runs"
+        f"{os.cpu_count()} cores, {runs} runs, load average {load:.1f} at start"
     )
-    table = Table("preparation", "median photos/s", "min", "max", title=title)
+    table = Table(
+        "preparation", "median photos/s", "min", "max", "CPU ms / photo", "of which the bot's",
+        "photos/s per core", title=title,
+    )  # fmt: skip
     for row in rows:
         name = f"{row.processes} process(es)" if row.processes else "1 thread in the bot"
         table.add_row(
-            name, f"{row.median:.2f}", f"{min(row.per_second):.2f}", f"{max(row.per_second):.2f}"
+            name,
+            f"{row.median:.2f}",
+            f"{min(row.per_second):.2f}",
+            f"{max(row.per_second):.2f}",
+            f"{1000 / row.per_core:.0f}",
+            f"{1000 * statistics.median(row.bot_cpu_per_photo):.0f}",
+            f"{row.per_core:.2f}",
         )
     console.print(table)
 
@@ -213,21 +224,32 @@ def encoder(
     ctx: typer.Context,
     runs: Annotated[int, typer.Option(min=1, help="Timed runs per row (median shown).")] = 5,
 ) -> None:
-    """Forward time per face of a full-size e4e encoder (random weights), batch 1 and 8."""
+    """Forward time per face of a full-size e4e encoder (random weights), batch 1 and 8, in
+    models.runtime."""
     from bench.networks import describe, encoder_seconds
     from inference.pipeline import resolve_device
+    from inference.runtime import RuntimeUnavailable
 
-    device = resolve_device(settings(ctx).models.device)
-    table = Table(title=f"Encoder forward (IR-SE-50, 256 px, float32) on {describe(device)}")
-    for column in ("batch", "ms / batch", "ms / face", "faces / s"):
+    models = settings(ctx).models
+    device = resolve_device(models.device)
+    load = os.getloadavg()[0]
+    table = Table(
+        title=f"Encoder forward (IR-SE-50, 256 px, float32) on {describe(device)}, "
+        f"{models.runtime}, load average {load:.1f} at start"
+    )
+    for column in ("batch", "ms / batch", "ms / face", "faces / s", "conversion s"):
         table.add_column(column, justify="right")
     for batch in (1, 8):
-        timing = encoder_seconds(batch, runs, device)
+        try:
+            timing = encoder_seconds(batch, runs, device, models.runtime)
+        except RuntimeUnavailable as exc:
+            fail(str(exc))
         table.add_row(
             str(batch),
             f"{timing.seconds * 1e3:.1f}",
             f"{timing.seconds * 1e3 / batch:.1f}",
             f"{batch / timing.seconds:.1f}",
+            f"{timing.setup:.1f}",
         )
     console.print(table)
 
@@ -249,9 +271,12 @@ def generator(
         str | None, typer.Option(help="cpu, cuda, cuda:N (default: models.device).")
     ] = None,
 ) -> None:
-    """Images per second of the StyleGAN2 synthesis network (random config-f weights)."""
+    """Images per second of the StyleGAN2 synthesis network (random config-f weights), in
+    models.runtime."""
     from bench.networks import describe, synthesis_seconds
+    from inference.runtime import RuntimeUnavailable
 
+    runtime = settings(ctx).models.runtime
     setting = device or settings(ctx).models.device
     if setting == "auto":
         setting = "cuda" if torch.cuda.is_available() else "cpu"
@@ -260,23 +285,94 @@ def generator(
     if target.type == "cuda":
         dtypes += [torch.float16, torch.bfloat16]
     threads = f", {torch.get_num_threads()} threads" if target.type == "cpu" else ""
+    load = os.getloadavg()[0]
     table = Table(
-        "Resolution", "Batch", "dtype", "Median ms", "Images/s",
-        title=f"StyleGAN2 synthesis on {describe(target)}{threads}, median of {runs}",
+        "Resolution", "Batch", "dtype", "Median ms", "Images/s", "conversion s",
+        title=f"StyleGAN2 synthesis on {describe(target)}{threads}, {runtime}, median of "
+        f"{runs}, load average {load:.1f} at start",
     )  # fmt: skip
     for resolution in _ints(resolutions):
         for dtype in dtypes:
             for batch in _ints(batches):
                 with console.status(f"{resolution} px, batch {batch}, {dtype}"):
-                    median = synthesis_seconds(resolution, batch, runs, dtype, target).seconds
+                    try:
+                        timing = synthesis_seconds(resolution, batch, runs, dtype, target, runtime)
+                    except RuntimeUnavailable as exc:
+                        fail(str(exc))
                 table.add_row(
                     str(resolution),
                     str(batch),
                     str(dtype).removeprefix("torch."),
-                    f"{median * 1e3:.0f}",
-                    f"{batch / median:.2f}",
+                    f"{timing.seconds * 1e3:.0f}",
+                    f"{batch / timing.seconds:.2f}",
+                    f"{timing.setup:.1f}",
                 )
     console.print(table)
+
+
+@app.command("e2e")
+def e2e(
+    ctx: typer.Context,
+    photo: Annotated[
+        Path | None,
+        typer.Argument(exists=True, dir_okay=False, help="A selfie (default: the astronaut)."),
+    ] = None,
+    methods: Annotated[
+        str, typer.Option(help="Inversion methods, comma-separated.")
+    ] = "encoder,encoder+optimize,optimize",
+    steps: Annotated[
+        int, typer.Option(min=1, help="Optimisation steps run (K), scaled to the configured.")
+    ] = 2,
+    runs: Annotated[int, typer.Option(min=1, help="Jobs one at a time per method.")] = 5,
+    users: Annotated[int, typer.Option(min=0, help="Users sending at once (0: skip).")] = 4,
+    resolution: Annotated[int, typer.Option(help="Generator resolution (1024: full size).")] = 1024,
+) -> None:
+    """Selfie -> toon through the service (prepare processes, worker, delivery), random weights."""
+    from bench.e2e import METHODS, STAGES, measure
+
+    config = settings(ctx)
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    if unknown := sorted(set(chosen) - set(METHODS)):
+        raise typer.BadParameter(f"{', '.join(unknown)}: the methods are {', '.join(METHODS)}")
+    if photo is not None:
+        data = photo.read_bytes()
+    else:
+        try:
+            from bench.pipeline import group_photos
+        except ImportError:
+            fail("pass a photo, or install the dev extra (scikit-image) for the astronaut")
+        data = group_photos()["astronaut.jpg"]
+    load = os.getloadavg()[0]
+    with console.status(f"writing and loading random {resolution} px models"):
+        figures = asyncio.run(
+            measure(
+                config, data, methods=chosen, steps=steps, runs=runs, users=users,
+                resolution=resolution,
+            )
+        )  # fmt: skip
+    threads = f", {torch.get_num_threads()} threads" if figures.device == "cpu" else ""
+    title = (
+        f"Selfie -> toon on {figures.device}{threads} ({figures.runtime}), {resolution} px random "
+        f"models, {figures.loss} loss, {figures.prepare_processes} prepare processes, "
+        f"{runs} runs, load average {load:.1f} -> {os.getloadavg()[0]:.1f}"
+    )
+    table = Table("method", "steps", *(f"{s} p50" for s in STAGES), "p50", "p95", title=title)
+    table.add_column(f"photos/s, {users} at once", justify="right")
+    for row in figures.methods:
+        steps_cell = f"{row.measured_steps} -> {row.steps}" if row.steps else "-"
+        table.add_row(
+            row.method,
+            steps_cell,
+            *(f"{statistics.median(row.stages[s]) * 1000:,.0f} ms" for s in STAGES),
+            f"{row.p50:,.2f} s",
+            f"{row.p95:,.2f} s",
+            "-" if row.per_second is None else f"{row.per_second:.2f}",
+        )
+    console.print(table)
+    console.print(
+        f"models loaded in {figures.load_seconds:.1f} s (runtime {figures.runtime}); "
+        "steps K -> N: K steps run, the inversion scaled to N; photos/s ran the K steps"
+    )
 
 
 @app.command("service")
