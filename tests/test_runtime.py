@@ -38,6 +38,15 @@ def test_openvino_renders_and_encodes_what_pytorch_does() -> None:
     assert (codes - eager.encode(encoder, faces)).abs().max() < TOLERANCE
 
 
+def test_pytorch_renders_and_encodes_without_autograd() -> None:
+    """Inference tensors: no autograd records or version counters were kept for them."""
+    generator = tiny_face_generator(resolution=16)
+    encoder = tiny_encoder("e4e", n_styles=generator.num_ws, w_dim=generator.w_dim)
+    ws = generator.w_avg.expand(1, generator.num_ws, -1)
+    assert Networks().synthesis(generator, ws, torch.float32).is_inference()
+    assert Networks().encode(encoder, torch.zeros(1, 3, 64, 64)).is_inference()
+
+
 def test_a_toonifier_on_openvino_draws_the_toon_that_pytorch_draws(tmp_path: Path) -> None:
     config = write_tiny_models(tmp_path / "models")
     eager = Toonifier.from_config(Settings(**config))

@@ -89,6 +89,20 @@ async def test_a_cut_short_model_is_named(fake_telegram: FakeTelegram, tmp_path:
     assert str(model) in line and "truncated" in line
 
 
+async def test_openvino_with_half_precision_is_named_with_its_fix(
+    fake_telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, fake_telegram)
+    line = await failed_start(
+        config,
+        TOONIFY_TELEGRAM_TOKEN=fake_telegram.token,
+        TOONIFY_MODELS_DEVICE="cpu",
+        TOONIFY_MODELS_RUNTIME="openvino",
+        TOONIFY_MODELS_DTYPE="bfloat16",
+    )
+    assert 'set models.dtype = "float32"' in line
+
+
 async def test_an_unknown_key_from_the_environment_names_the_variable(tmp_path: Path) -> None:
     config = write_config(tmp_path, None)
     line = await failed_start(config, TOONIFY_QUOTA_DAYLY="3")
