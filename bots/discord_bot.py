@@ -616,7 +616,7 @@ class DiscordBot(discord.Client):
         if strength is not None and strength not in info.strengths:
             label = info.label or style or self._config.style
             raise Refused(
-                RefusalKind.BAD_INPUT, texts.discord_bad_strength(strength, label, info.strengths)
+                RefusalKind.BAD_INPUT, texts.bad_strength(strength, label, info.strengths)
             )
 
     async def _toonify(

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F  # noqa: N812 (the PyTorch convention)
 
+from inference.errors import Cancelled, ModelLoadError
+from inference.stages import ProgressFn, Stage, StopFn
 from inference.stylegan2 import Generator
 
 VGG16_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt"
@@ -39,19 +41,12 @@ NOISE_REGULARISATION = 1e5
 PERCEPTUAL_SIZE = 256
 PIXEL_MIN_SIZE = 16
 
-ProgressFn = Callable[[str, int, int], None]
-StopFn = Callable[[], bool]
 
-
-class Cancelled(Exception):
-    """The caller asked to stop; raised between two optimisation steps."""
-
-
-class PerceptualModelError(RuntimeError):
+class PerceptualModelError(ModelLoadError):
     """vgg16.pt is there but is not NVIDIA's network (damaged, cut short, another file)."""
 
 
-class PerceptualModelMissingError(FileNotFoundError):
+class PerceptualModelMissingError(ModelLoadError):
     """NVIDIA's vgg16.pt is not where the configuration says; the message says how to get it."""
 
     def __init__(self, path: Path) -> None:
@@ -272,7 +267,7 @@ def invert(
                 noise -= noise.mean(dim=(1, 2, 3), keepdim=True)
                 noise *= noise.square().mean(dim=(1, 2, 3), keepdim=True).rsqrt()
         if progress is not None:
-            progress("invert", step + 1, steps)
+            progress(Stage.INVERT, step + 1, steps)
 
     return Inversion(
         ws=w_opt.detach().float().cpu(),

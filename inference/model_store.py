@@ -35,6 +35,7 @@ from inference.encoder_checkpoints import (
     read_encoder_checkpoint,
     read_encoder_info,
 )
+from inference.errors import ModelLoadError
 from inference.invert import load_perceptual
 from inference.stylegan2 import Generator
 
@@ -48,7 +49,7 @@ DOWNLOAD_TIMEOUT_S = 60.0
 Progress = Callable[[int, int | None], None]
 
 
-class ModelStoreError(Exception):
+class ModelStoreError(ModelLoadError):
     """An import, blend or lookup that cannot proceed; str() says why, for a person."""
 
 

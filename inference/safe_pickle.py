@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch._utils
 
+from inference.errors import InferenceError
+
 Allowed = Mapping[tuple[str, str], Any]
 Extra = Allowed | Iterable[Any]
 
@@ -31,7 +33,7 @@ ZIP_MAGIC = b"PK\x03\x04"
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(InferenceError, pickle.UnpicklingError):
     """The pickle names a global outside the allow-list; nothing it names was called."""
 
     def __init__(self, module: str, name: str) -> None:

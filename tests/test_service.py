@@ -47,14 +47,10 @@ class Gated:
 
     def __init__(self, toonifier: Toonifier) -> None:
         self.inner = toonifier
-        self.styles = toonifier.styles
-        self.device = toonifier.device
-        self.default_style = toonifier.default_style
-        self.detector = toonifier.detector
-        self.resolution = toonifier.resolution
         self.gate = threading.Event()
         self.gate.set()
         self.inverted = 0
+        self.rerendered = 0
         self.fail_finish = False
 
     def invert(self, batch: list[Any], progress: Any = None, should_stop: Any = None) -> Any:
@@ -68,8 +64,9 @@ class Gated:
             raise RuntimeError("injected fault")
         return self.inner.finish(*args)
 
-    def render(self, *args: Any) -> Any:
-        return self.inner.render(*args)
+    def rerender(self, *args: Any) -> Any:
+        self.rerendered += 1
+        return self.inner.rerender(*args)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +119,7 @@ async def test_fifty_users_each_get_one_toon_in_fifo_order(
     gated = Gated(toonifier)
     gated.gate.clear()
     async with tiny_app(
-        tmp_path, toonifier=gated, worker={"queue_size": 60, "max_batch": 4}
+        tmp_path, toonifier=toonifier, engine=gated, worker={"queue_size": 60, "max_batch": 4}
     ) as app:
         delivered: list[str] = []
 
@@ -157,7 +154,9 @@ async def test_full_queue_says_busy_and_charges_nothing(
 ) -> None:
     gated = Gated(toonifier)
     gated.gate.clear()
-    async with tiny_app(tmp_path, toonifier=gated, worker={"queue_size": 1}) as app:
+    async with tiny_app(
+        tmp_path, toonifier=toonifier, engine=gated, worker={"queue_size": 1}
+    ) as app:
         running, waiting = RecordingReply(), RecordingReply()
         await submit(app, user(1), face_jpeg(), running)
         await until(lambda: not app.worker.full)  # the first job left the queue: it runs
@@ -178,7 +177,7 @@ async def test_our_failure_is_refunded_and_the_next_job_runs(
 ) -> None:
     gated = Gated(toonifier)
     gated.fail_finish = True
-    async with tiny_app(tmp_path, toonifier=gated) as app:
+    async with tiny_app(tmp_path, toonifier=toonifier, engine=gated) as app:
         broken, fine = RecordingReply(), RecordingReply()
         ticket = await submit(app, user(1), face_jpeg(), broken)
         await submit(app, user(2), face_jpeg(), fine)
@@ -210,7 +209,7 @@ async def test_out_of_memory_and_non_finite_get_their_reply_and_are_refunded(
         def finish(self, *args: Any) -> Any:
             raise fault
 
-    async with tiny_app(tmp_path, toonifier=Faulty(toonifier)) as app:
+    async with tiny_app(tmp_path, toonifier=toonifier, engine=Faulty(toonifier)) as app:
         reply = RecordingReply()
         ticket = await submit(app, user(1), face_jpeg(), reply)
         await reply.wait()
@@ -256,7 +255,7 @@ async def test_quota_and_limits(tmp_path: Path, toonifier: Toonifier) -> None:
 async def test_cancel_a_queued_and_a_running_job(tmp_path: Path, toonifier: Toonifier) -> None:
     gated = Gated(toonifier)
     gated.gate.clear()
-    async with tiny_app(tmp_path, toonifier=gated) as app:
+    async with tiny_app(tmp_path, toonifier=toonifier, engine=gated) as app:
         running, queued = RecordingReply(), RecordingReply()
         first = await submit(app, user(1), face_jpeg(), running)
         second = await submit(app, user(2), face_jpeg(), queued)
@@ -274,7 +273,7 @@ async def test_cancel_a_queued_and_a_running_job(tmp_path: Path, toonifier: Toon
 
 async def test_rerender_without_a_new_inversion(tmp_path: Path, toonifier: Toonifier) -> None:
     gated = Gated(toonifier)
-    async with tiny_app(tmp_path, toonifier=gated) as app:
+    async with tiny_app(tmp_path, toonifier=toonifier, engine=gated) as app:
         reply = RecordingReply()
         ticket = await submit(app, user(), face_jpeg(), reply)
         await reply.wait()
@@ -342,7 +341,7 @@ async def test_a_stop_keeps_queued_and_preparing_jobs_for_the_next_start(
     gated.gate.clear()
     hold = tmp_path / "hold"
     PHOTOS.update(three=face_jpeg(), gone=face_jpeg())
-    async with tiny_app(tmp_path, toonifier=gated, pool=held_pool(hold)) as app:
+    async with tiny_app(tmp_path, toonifier=toonifier, engine=gated, pool=held_pool(hold)) as app:
         running = RecordingReply()
         await submit(app, user(1), face_jpeg(), running)  # inverting, until the gate opens
         kept = await submit(app, user(2), face_jpeg(), RecordingReply())  # in line
@@ -351,7 +350,7 @@ async def test_a_stop_keeps_queued_and_preparing_jobs_for_the_next_start(
         gone = await admit(app, user(4), "gone", RecordingReply())
         await until(lambda: lines(hold) == 2, timeout=30)  # both in their prepare processes
         stopping = asyncio.create_task(app.stop())
-        await until(lambda: app.worker.waiting == 0)  # the worker stopped taking jobs
+        await until(lambda: app.worker.depth == 1)  # the worker stopped taking jobs
         gated.gate.set()
         await stopping
         assert running.toons  # the running job finished and was delivered

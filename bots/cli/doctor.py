@@ -46,8 +46,8 @@ def doctor(
 
     Exits 1 while a needed file is missing. scripts/run runs it with --fetch."""
     # torch loads here, not when any other command starts.
+    from inference.devices import resolve_device
     from inference.model_needs import diagnose
-    from inference.pipeline import resolve_device
 
     config = settings(ctx)
     device = resolve_device(config.models.device)
