@@ -25,11 +25,12 @@ from bots.app import App
 from bots.config import Settings
 from bots.service import Refused, Toon, Upload
 from bots.service import Requester as Who
+from inference.architecture import Architecture
 from inference.checkpoints import save_generator
 from inference.pipeline import Finished, Latents, Toonifier
 from inference.prepare import Prepared
 from inference.stages import ProgressFn, StopFn
-from inference.stylegan2 import Architecture, Generator
+from inference.stylegan2 import Generator
 from storage import Store
 
 T = TypeVar("T")

@@ -104,7 +104,7 @@ def load_perceptual(path: Path, device: torch.device | str = "cpu") -> torch.jit
         with warnings.catch_warnings():
             # TorchScript is deprecated, but it is the only form NVIDIA publishes this network in.
             warnings.simplefilter("ignore", DeprecationWarning)
-            vgg = torch.jit.load(str(path), map_location=device).eval()
+            vgg: torch.jit.ScriptModule = torch.jit.load(str(path), map_location=device).eval()
         with torch.no_grad():  # the call inversion makes, on a tiny picture
             grey = torch.full((1, 3, 32, 32), 128.0, device=device)
             vgg(grey, resize_images=False, return_lpips=True)

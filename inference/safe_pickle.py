@@ -43,7 +43,8 @@ class UnsafePickleError(InferenceError, pickle.UnpicklingError):
 
 def _numpy_multiarray() -> types.ModuleType:
     core = getattr(np, "_core", None) or np.core
-    return core.multiarray
+    multiarray: types.ModuleType = core.multiarray
+    return multiarray
 
 
 def _storage_from_bytes(data: bytes) -> Any:
@@ -98,7 +99,8 @@ def allow_list(extra: Extra = ()) -> dict[tuple[str, str], Any]:
     if isinstance(extra, Mapping):
         allowed.update(extra)
     else:
-        allowed.update({(obj.__module__, obj.__qualname__): obj for obj in extra})
+        objects: Iterable[Any] = extra
+        allowed.update({(obj.__module__, obj.__qualname__): obj for obj in objects})
     return allowed
 
 

@@ -16,7 +16,7 @@ from storage.records import UNFINISHED, JobRecord, JobStatus, UserRef
 FAILURE_LENGTH = 512
 
 
-def _records() -> Select[Any]:
+def _records() -> Select[Job, str, str]:
     return select(Job, User.platform, User.platform_user_id).join(User, Job.user_id == User.id)
 
 

@@ -23,6 +23,7 @@ from bots import texts
 from bots.app import App, Interrupted, serve
 from bots.config import Settings
 from bots.service import RefusalKind, Refused, Requester, ToonService, Upload
+from inference.errors import Expired
 from inference.pipeline import NonFinite, Toonifier
 from inference.prepare_pool import PreparePool, PrepareSpec
 from storage import Admitted, JobStatus, NewJob, Store, UserRef
@@ -38,6 +39,7 @@ from tests.support.service_fixtures import (
     submit,
     tiny_app,
 )
+from tests.support.tiny_toonify import write_tiny_psp
 
 HANG_BUDGET = 20.0
 
@@ -269,6 +271,12 @@ async def test_cancel_a_queued_and_a_running_job(tmp_path: Path, toonifier: Toon
         assert running.failures[0].kind == RefusalKind.CANCELLED
         assert gated.inverted <= 1
         assert [await used(app, user(n)) for n in (1, 2)] == [0, 0]
+        rows = [await app.store.jobs.get(ticket.job_id) for ticket in (first, second)]
+        # Only the job whose inference began was ever running.
+        assert [(r.status, r.attempts) for r in rows if r] == [
+            (JobStatus.CANCELLED, 1),
+            (JobStatus.CANCELLED, 0),
+        ]
 
 
 async def test_rerender_without_a_new_inversion(tmp_path: Path, toonifier: Toonifier) -> None:
@@ -283,14 +291,65 @@ async def test_rerender_without_a_new_inversion(tmp_path: Path, toonifier: Tooni
         assert reply.toons[0].image != reply.toons[1].image
         assert not reply.toons[1].can_more
         assert reply.toons[2].faces_only
-        assert gated.inverted == 1
+        assert (gated.inverted, gated.rerendered) == (1, 1)  # faces only: nothing drawn again
         assert await used(app, user()) == 1
         with pytest.raises(Refused) as other:
             await app.service.rerender(user(2), ticket.job_id, reply, change="less")
         assert other.value.kind == RefusalKind.NOT_YOURS
+        for change in ("sideways", "style:cubist"):
+            with pytest.raises(Refused) as bad:
+                await app.service.rerender(user(), ticket.job_id, reply, change=change)
+            assert bad.value.kind == RefusalKind.BAD_INPUT
         with pytest.raises(Refused) as expired:
             await app.service.rerender(user(), "unknown", reply, change="less")
         assert expired.value.kind == RefusalKind.EXPIRED
+
+
+async def test_forget_drops_the_toons_kept_for_re_renders(
+    tmp_path: Path, toonifier: Toonifier
+) -> None:
+    async with tiny_app(tmp_path, toonifier=toonifier) as app:
+        reply = RecordingReply()
+        ticket = await submit(app, user(), face_jpeg(), reply)
+        await reply.wait()
+        await app.service.forget(user())
+        with pytest.raises(Refused) as gone:
+            await app.service.rerender(user(), ticket.job_id, reply, change="more")
+        assert gone.value.kind == RefusalKind.EXPIRED
+        with pytest.raises(Expired):  # the photo and its codes left memory too
+            await app.worker.rerender(ticket.job_id, "toon", 32)
+
+
+async def test_a_psp_style_refuses_a_strength_it_lacks_in_words_and_charges_nothing(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "models").mkdir()
+    psp = write_tiny_psp(tmp_path / "models", resolution=64)  # its one strength: 64
+    async with tiny_app(tmp_path, styles={"psp": psp}) as app:
+        assert app.service.styles["psp"].strengths == [64]
+        words = texts.bad_strength(32, "pSp", [64])
+        with pytest.raises(Refused) as chosen:
+            app.service.choose("psp", 32)
+        assert (chosen.value.kind, chosen.value.text) == (RefusalKind.BAD_INPUT, words)
+        with pytest.raises(Refused) as admitted:
+            await submit(app, user(), face_jpeg(), RecordingReply(), style="psp", strength=32)
+        assert (admitted.value.kind, admitted.value.text) == (RefusalKind.BAD_INPUT, words)
+        assert await used(app, user()) == 0
+
+        reply = RecordingReply()
+        ticket = await submit(app, user(), face_jpeg(), reply, style="psp")
+        await reply.wait()
+        assert [(t.style, t.strength, t.can_less, t.can_more) for t in reply.toons] == [
+            ("psp", 64, False, False)
+        ]
+        for change in ("style:toon", "more", "style:psp", "less"):
+            await app.service.rerender(user(), ticket.job_id, reply, change=change)
+        assert [(t.style, t.strength) for t in reply.toons[1:]] == [
+            ("toon", 16),
+            ("toon", 32),
+            ("psp", 64),
+            ("psp", 64),
+        ]
 
 
 class ScriptedAdapter(Photos):

@@ -84,3 +84,28 @@ def write_tiny_models(
         "faces": {"backend": "dlib"},
         "invert": {"loss": "pixel", "steps": steps},
     }
+
+
+def write_tiny_psp(models_dir: Path, name: str = "psp", resolution: int = 64) -> dict[str, Any]:
+    """Write a pSp "toonify" checkpoint whose decoder renders `resolution` px (its one
+    strength) into `models_dir` as `name`, imported as `toonify models import` does, and return
+    its [styles] entry. The entry keeps the default strengths, as a psp style's config does."""
+    from inference.encoder_checkpoints import import_encoder, read_encoder_checkpoint
+    from inference.invert import w_stats
+    from tests.support.tiny_encoders import tiny_encoder, write_public_checkpoint
+
+    decoder = tiny_toon_generator(tiny_face_generator(resolution), seed=7)
+    encoder = tiny_encoder(
+        "psp",
+        n_styles=decoder.num_ws,
+        w_dim=decoder.w_dim,
+        input_size=32,
+        latent_avg=w_stats(decoder).mean,
+    )
+    public = write_public_checkpoint(
+        models_dir / f"{name}.pt", encoder, decoder=decoder.state_dict()
+    )
+    import_encoder(
+        read_encoder_checkpoint(public), models_dir / f"{name}.safetensors", source=SOURCE
+    )
+    return {"kind": "psp", "model": name, "label": "pSp"}
