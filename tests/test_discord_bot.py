@@ -13,7 +13,7 @@ from PIL import Image
 
 from bots import texts
 from bots.app import App
-from bots.discord_bot import DiscordAdapter, DiscordBot
+from bots.discord.adapter import DiscordAdapter
 from bots.service import RefusalKind, Refused, Requester, Toon, ToonService
 from inference.pipeline import Toonifier
 from tests.fakes.discord import (
@@ -93,9 +93,10 @@ def service(app: App) -> ToonService:
 
 
 @pytest.fixture
-def bot(app: App) -> DiscordBot:
+def bot(app: App) -> DiscordAdapter:
     [adapter] = app._adapters
-    return adapter.client
+    assert isinstance(adapter, DiscordAdapter)
+    return adapter
 
 
 @pytest.fixture
@@ -135,7 +136,7 @@ def _quota_left(service: ToonService, user: FakeUser) -> Any:
 
 
 async def test_slash_command_defers_privately_reports_progress_and_posts_the_toon(
-    fake: FakeDiscord, bot: DiscordBot, strengths: list[int]
+    fake: FakeDiscord, bot: DiscordAdapter, strengths: list[int]
 ) -> None:
     alice = fake.add_user("alice")
     interaction = await _toonify(fake, alice, style="toon", strength=strengths[0])
@@ -160,7 +161,7 @@ async def test_slash_command_defers_privately_reports_progress_and_posts_the_too
 
 
 async def test_message_menu_toonifies_the_photo_of_a_message(
-    fake: FakeDiscord, bot: DiscordBot
+    fake: FakeDiscord, bot: DiscordAdapter
 ) -> None:
     poster, fan = fake.add_user("poster"), fake.add_user("fan")
     post = await fake.post_in_server(poster, attachments=[fake.attachment(face_jpeg())])
@@ -171,7 +172,7 @@ async def test_message_menu_toonifies_the_photo_of_a_message(
     assert all(b["custom_id"].endswith(f":{fan.id}") for b in toon.buttons())
 
 
-async def test_dm_photo_gets_a_toon_in_reply(fake: FakeDiscord, bot: DiscordBot) -> None:
+async def test_dm_photo_gets_a_toon_in_reply(fake: FakeDiscord, bot: DiscordAdapter) -> None:
     dana = fake.add_user("dana")
     photo = await fake.send_dm(dana, attachments=[fake.attachment(face_jpeg())])
 
@@ -189,7 +190,7 @@ async def test_dm_photo_gets_a_toon_in_reply(fake: FakeDiscord, bot: DiscordBot)
     )
 
 
-async def test_dm_without_a_photo_gets_help(fake: FakeDiscord, bot: DiscordBot) -> None:
+async def test_dm_without_a_photo_gets_help(fake: FakeDiscord, bot: DiscordAdapter) -> None:
     sent = await fake.send_dm(fake.add_user("erin"), "hello?")
     call = await fake.wait_for_call("create_message")
     assert call.params["channel"] == str(sent.channel_id)
@@ -197,7 +198,7 @@ async def test_dm_without_a_photo_gets_help(fake: FakeDiscord, bot: DiscordBot) 
 
 
 async def test_no_face_is_refused_privately_and_costs_nothing(
-    fake: FakeDiscord, bot: DiscordBot, service: ToonService
+    fake: FakeDiscord, bot: DiscordAdapter, service: ToonService
 ) -> None:
     frank = fake.add_user("frank")
     before = await _quota_left(service, frank)
@@ -217,7 +218,7 @@ async def test_no_face_is_refused_privately_and_costs_nothing(
 )
 async def test_uploads_refused_before_downloading(
     fake: FakeDiscord,
-    bot: DiscordBot,
+    bot: DiscordAdapter,
     content_type: str,
     size: int | None,
     expected: str,
@@ -229,7 +230,9 @@ async def test_uploads_refused_before_downloading(
     assert fake.calls_named("download") == []
 
 
-async def test_attachments_only_come_from_allowed_hosts(fake: FakeDiscord, bot: DiscordBot) -> None:
+async def test_attachments_only_come_from_allowed_hosts(
+    fake: FakeDiscord, bot: DiscordAdapter
+) -> None:
     upload = fake.attachment(face_jpeg())
     upload["url"] = "http://127.0.0.2:9/attachments/1/2/x.jpg"
     interaction = await _toonify(fake, fake.add_user("hal"), image=upload)
@@ -238,7 +241,7 @@ async def test_attachments_only_come_from_allowed_hosts(fake: FakeDiscord, bot: 
 
 
 async def test_a_strength_the_style_lacks_is_refused(
-    fake: FakeDiscord, bot: DiscordBot, strengths: list[int]
+    fake: FakeDiscord, bot: DiscordAdapter, strengths: list[int]
 ) -> None:
     interaction = await _toonify(fake, fake.add_user("ivy"), style="arcane", strength=strengths[0])
 
@@ -247,7 +250,7 @@ async def test_a_strength_the_style_lacks_is_refused(
 
 
 async def test_toons_over_the_upload_limit_are_scaled_down(
-    fake: FakeDiscord, bot: DiscordBot
+    fake: FakeDiscord, bot: DiscordAdapter
 ) -> None:
     fake.upload_limit = 8_000
     interaction = await _toonify(fake, fake.add_user("kim"))
@@ -258,7 +261,7 @@ async def test_toons_over_the_upload_limit_are_scaled_down(
 
 
 async def test_buttons_re_render_in_place_for_the_requester_only(
-    fake: FakeDiscord, bot: DiscordBot, strengths: list[int]
+    fake: FakeDiscord, bot: DiscordAdapter, strengths: list[int]
 ) -> None:
     owner, other = fake.add_user("owner"), fake.add_user("other")
     toon = await _toon_for(fake, await _toonify(fake, owner, strength=strengths[0]))
@@ -280,7 +283,7 @@ async def test_buttons_re_render_in_place_for_the_requester_only(
     await fake.wait_until(lambda: "Arcane" in toon.content or None, within=WAIT)
 
 
-async def test_only_the_requester_may_delete(fake: FakeDiscord, bot: DiscordBot) -> None:
+async def test_only_the_requester_may_delete(fake: FakeDiscord, bot: DiscordAdapter) -> None:
     owner, other = fake.add_user("owner"), fake.add_user("other")
     toon = await _toon_for(fake, await _toonify(fake, owner))
 
@@ -294,7 +297,7 @@ async def test_only_the_requester_may_delete(fake: FakeDiscord, bot: DiscordBot)
 
 
 async def test_admin_commands_obey_bot_admins_only(
-    fake: FakeDiscord, bot: DiscordBot, service: ToonService, admin: FakeUser
+    fake: FakeDiscord, bot: DiscordAdapter, service: ToonService, admin: FakeUser
 ) -> None:
     manager, target = fake.add_user("manager", manage_guild=True), fake.add_user("target")
     await _toon_for(fake, await _toonify(fake, target))
@@ -316,7 +319,7 @@ async def test_admin_commands_obey_bot_admins_only(
 
 
 async def test_server_managers_set_their_servers_default_quota(
-    fake: FakeDiscord, bot: DiscordBot
+    fake: FakeDiscord, bot: DiscordAdapter
 ) -> None:
     manager, member = fake.add_user("manager", manage_guild=True), fake.add_user("member")
     opened = {"user": member, "bypass_permissions": True}
@@ -355,7 +358,7 @@ async def test_commands_sync_to_configured_servers_only(
         assert [c["value"] for c in choices["strength"]] == offered
 
 
-async def test_survives_a_gateway_loss(fake: FakeDiscord, bot: DiscordBot) -> None:
+async def test_survives_a_gateway_loss(fake: FakeDiscord, bot: DiscordAdapter) -> None:
     await fake.drop_connection()
     await fake.wait_until_ready()
     await _toon_for(fake, await _toonify(fake, fake.add_user("jo")))
@@ -363,7 +366,7 @@ async def test_survives_a_gateway_loss(fake: FakeDiscord, bot: DiscordBot) -> No
 
 
 async def test_jobs_resumed_after_a_restart_answer_through_the_channel(
-    fake: FakeDiscord, app: App, bot: DiscordBot
+    fake: FakeDiscord, app: App, bot: DiscordAdapter
 ) -> None:
     lee = fake.add_user("lee")
     toon_message = await _toon_for(fake, await _toonify(fake, lee))

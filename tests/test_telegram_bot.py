@@ -20,7 +20,7 @@ from telegram.error import BadRequest
 from bots import texts
 from bots.config import Settings
 from bots.service import Toon, ToonService
-from bots.telegram_bot import TelegramBot
+from bots.telegram.adapter import TelegramAdapter
 from inference.pipeline import Toonifier
 from storage import Admitted, JobStatus, NewJob, Store, UserRef
 from tests.fakes.telegram import Call, FakeTelegram, buttons
@@ -47,12 +47,12 @@ async def running(
     toonifier: Toonifier,
     telegram: dict[str, Any] | None = None,
     **sections: dict[str, Any],
-) -> AsyncIterator[TelegramBot]:
+) -> AsyncIterator[TelegramAdapter]:
     """The whole app with the Telegram adapter talking to `fake`."""
-    adapters: list[TelegramBot] = []
+    adapters: list[TelegramAdapter] = []
 
     def telegram_only(config: Settings, service: ToonService) -> list[Any]:
-        adapters.append(TelegramBot(config.telegram, service))
+        adapters.append(TelegramAdapter(config, service))
         return list(adapters)
 
     config = {
