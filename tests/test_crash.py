@@ -12,21 +12,14 @@ from typing import Any
 
 from bots import texts
 from storage import JobStatus, UserRef
-from tests.fakes.telegram import Call, FakeTelegram
+from tests.fakes.server import Call
+from tests.fakes.telegram import FakeTelegram, replies_to
 from tests.support.bot_process import GATE
 from tests.support.crash_support import BotProcess, open_store, write_config
 from tests.support.service_fixtures import face_jpeg
 
 WAIT = 180.0
 SELFIE = face_jpeg()
-
-
-def replies_to(message: dict[str, Any]) -> Any:
-    def check(call: Call) -> bool:
-        reply = call.params.get("reply_parameters") or {}
-        return reply.get("message_id") == message["message_id"]
-
-    return check
 
 
 def bot(tmp_path: Path, fake: FakeTelegram, **env: str) -> BotProcess:

@@ -27,23 +27,27 @@ from tests.fakes.discord import (
     FakeUser,
 )
 from tests.support.service_fixtures import cat_jpeg, face_jpeg, settings, tiny_app
+from tests.support.tiny_toonify import PSP_STYLE, write_psp_style
 
 WAIT = 60.0
 
 
 @pytest.fixture(scope="module")
 def styles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The tiny styles plus "arcane": the same model without the weakest strength."""
+    """The tiny styles plus "arcane", the same model without the weakest strength, and
+    "psp", one rendering although its config keeps the default strengths."""
     base = settings(tmp_path_factory.mktemp("base"))
     toon = base.styles[base.style]
     strengths = toon.strengths[1:]
     arcane = {"label": "Arcane", "model": toon.model, "strengths": strengths}
-    return {"arcane": arcane | {"default_strength": strengths[-1]}}
+    return {"arcane": arcane | {"default_strength": strengths[-1]}, "psp": PSP_STYLE}
 
 
 @pytest.fixture(scope="module")
 def toonifier(tmp_path_factory: pytest.TempPathFactory, styles: dict[str, Any]) -> Toonifier:
-    return Toonifier.from_config(settings(tmp_path_factory.mktemp("models"), styles=styles))
+    config = settings(tmp_path_factory.mktemp("models"), styles=styles)
+    write_psp_style(Path(config.models.dir))
+    return Toonifier.from_config(config)
 
 
 @pytest.fixture
@@ -142,10 +146,10 @@ async def test_slash_command_defers_privately_reports_progress_and_posts_the_too
     interaction = await _toonify(fake, alice, style="toon", strength=strengths[0])
 
     toon = await _toon_for(fake, interaction)
-    [callback] = [c for c in fake.calls_named("callback") if c.params["token"] == interaction.token]
+    [callback] = [c for c in fake.calls_of("callback") if c.params["token"] == interaction.token]
     assert callback.payload["type"] == CALLBACK_DEFER
     assert callback.payload["data"]["flags"] & EPHEMERAL
-    edits = [c.payload["content"] for c in fake.calls_named("edit_response")]
+    edits = [c.payload["content"] for c in fake.calls_of("edit_response")]
     assert edits[0].startswith("Found 1 face")
     assert any("%" in text for text in edits)
     assert toon.content.startswith(f"<@{alice.id}> ")
@@ -157,7 +161,7 @@ async def test_slash_command_defers_privately_reports_progress_and_posts_the_too
         ("More toon", False),
         ("Delete", False),
     ]
-    assert {o["value"] for o in toon.selects()[0]["options"]} == {"toon", "arcane"}
+    assert {o["value"] for o in toon.selects()[0]["options"]} == {"toon", "arcane", "psp"}
 
 
 async def test_message_menu_toonifies_the_photo_of_a_message(
@@ -181,7 +185,7 @@ async def test_dm_photo_gets_a_toon_in_reply(fake: FakeDiscord, bot: DiscordAdap
         return next((m for m in mine if m.attachments), None)
 
     reply = await fake.wait_until(toon, within=WAIT, what="a toon in the DM")
-    assert fake.calls_named("typing")
+    assert fake.calls_of("typing")
     assert reply.message_reference and reply.message_reference["message_id"] == str(photo.id)
     assert [b["label"] for b in reply.buttons()] == ["Less toon", "More toon", "Delete"]
     await fake.wait_until(
@@ -192,7 +196,7 @@ async def test_dm_photo_gets_a_toon_in_reply(fake: FakeDiscord, bot: DiscordAdap
 
 async def test_dm_without_a_photo_gets_help(fake: FakeDiscord, bot: DiscordAdapter) -> None:
     sent = await fake.send_dm(fake.add_user("erin"), "hello?")
-    call = await fake.wait_for_call("create_message")
+    call = await fake.wait_for("create_message")
     assert call.params["channel"] == str(sent.channel_id)
     assert call.payload["content"] == texts.DISCORD_HELP
 
@@ -227,7 +231,7 @@ async def test_uploads_refused_before_downloading(
     interaction = await _toonify(fake, fake.add_user("gil"), image=upload)
 
     assert (await _refusal(fake, interaction)).content == expected
-    assert fake.calls_named("download") == []
+    assert fake.calls_of("download") == []
 
 
 async def test_attachments_only_come_from_allowed_hosts(
@@ -247,6 +251,21 @@ async def test_a_strength_the_style_lacks_is_refused(
 
     refusal = await _refusal(fake, interaction)
     assert refusal.content == texts.discord_bad_strength(strengths[0], "Arcane", strengths[1:])
+
+
+async def test_a_strength_a_one_rendering_style_lacks_is_refused_clearly(
+    fake: FakeDiscord, bot: DiscordAdapter, service: ToonService
+) -> None:
+    """A psp style renders at 32 only, whatever strengths its config section keeps."""
+    ivy = fake.add_user("ivy")
+    before = await _quota_left(service, ivy)
+    interaction = await _toonify(fake, ivy, style="psp", strength=8)
+
+    refusal = await _refusal(fake, interaction)
+    internal = texts.internal_error("ID").removesuffix("ID")
+    assert not refusal.content.startswith(internal)
+    assert "32" in refusal.content  # the strength it has
+    assert await _quota_left(service, ivy) == before
 
 
 async def test_toons_over_the_upload_limit_are_scaled_down(
@@ -269,7 +288,7 @@ async def test_buttons_re_render_in_place_for_the_requester_only(
 
     press = await fake.press_button(toon, "More toon", user=owner)
     await fake.wait_until(lambda: f"strength {strengths[1]}" in toon.content or None, within=WAIT)
-    [callback] = [c for c in fake.calls_named("callback") if c.params["token"] == press.token]
+    [callback] = [c for c in fake.calls_of("callback") if c.params["token"] == press.token]
     assert callback.payload["type"] == CALLBACK_UPDATE
     assert all(b.get("disabled") for b in callback.payload["data"]["components"][0]["components"])
     await fake.wait_until(lambda: fake.files_of(toon) != before or None)
@@ -354,8 +373,10 @@ async def test_commands_sync_to_configured_servers_only(
         assert set(synced) == {"toonify", "Toonify", "toonify-admin"}
         assert synced["toonify-admin"]["default_member_permissions"] == str(MANAGE_GUILD)
         choices = {o["name"]: o.get("choices") for o in synced["toonify"]["options"]}
-        offered = sorted({r for s in app.config.styles.values() for r in s.strengths})
-        assert [c["value"] for c in choices["strength"]] == offered
+        assert [c["value"] for c in choices["style"]] == list(app.service.styles)
+        # What the styles render: the psp style's configured strengths (up to 64) are not.
+        rendered = sorted({r for s in app.service.styles.values() for r in s.strengths})
+        assert [c["value"] for c in choices["strength"]] == rendered == [8, 16, 32]
 
 
 async def test_survives_a_gateway_loss(fake: FakeDiscord, bot: DiscordAdapter) -> None:
@@ -390,12 +411,10 @@ async def test_jobs_resumed_after_a_restart_answer_through_the_channel(
         faces_only=False,
     )
     await bot.reply_for(ref).deliver(toon)
-    posted = await fake.wait_for_call("create_message")
+    posted = await fake.wait_for("create_message")
     assert posted.params["channel"] == str(fake.channel_id)
     assert posted.payload["content"] == f"<@{lee.id}> Toon · strength 32"
 
     await bot.reply_for(ref).fail(Refused(RefusalKind.RESEND, texts.RESTARTED))
-    told = await fake.wait_for_call(
-        "create_message", lambda c: c.payload["content"] == texts.RESTARTED
-    )
+    told = await fake.wait_for("create_message", lambda c: c.payload["content"] == texts.RESTARTED)
     assert told.params["channel"] == str(fake.dm_channel(lee))
