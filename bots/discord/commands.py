@@ -37,15 +37,14 @@ def application_commands(
 
 def toonify_command(styles: Mapping[str, StyleInfo]) -> app_commands.Command[Any, ..., None]:
     """`/toonify` with the styles, and every strength of any of them, as choices."""
-    command = app_commands.Command(
+    command: app_commands.Command[Any, ..., None] = app_commands.Command(
         name="toonify", description=texts.DISCORD_TOONIFY, callback=toonify_slash
     )
     style_choices = [app_commands.Choice(name=s.label, value=name) for name, s in styles.items()]
     strengths = sorted({r for s in styles.values() for r in s.strengths})
     strength_choices = [app_commands.Choice(name=str(r), value=r) for r in strengths]
-    return app_commands.choices(
-        style=style_choices[:MAX_CHOICES], strength=strength_choices[:MAX_CHOICES]
-    )(command)
+    command = app_commands.choices(style=style_choices[:MAX_CHOICES])(command)
+    return app_commands.choices(strength=strength_choices[:MAX_CHOICES])(command)
 
 
 @app_commands.describe(

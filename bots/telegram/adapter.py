@@ -26,7 +26,7 @@ from bots.startup import StartupFault, required_token, until_reachable
 from bots.telegram.handlers import PLATFORM, Handlers
 from bots.telegram.net import RetryingRateLimiter, retrying
 from bots.telegram.replies import Replies, StatusReply
-from bots.telegram.updates import Poller, WebhookServer
+from bots.telegram.updates import Poller, TelegramApp, WebhookServer
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class TelegramAdapter:
         self._background = Background()
         self._poller: Poller | None = None
         self._webhook: WebhookServer | None = None
-        self.app: Application = (
+        self.app: TelegramApp = (
             Application.builder()
             .token(required_token(self._config.token, "Telegram", TOKEN_FIX))
             .base_url(self._config.api_base_url)

@@ -20,7 +20,6 @@ from telegram.ext import (
     BaseHandler,
     CallbackQueryHandler,
     CommandHandler,
-    ContextTypes,
     MessageHandler,
     filters,
 )
@@ -30,6 +29,7 @@ from bots.adapter import Background, internal_error, refusing
 from bots.service import Refused, Requester, ToonService, Upload
 from bots.telegram.controls import FORGET_NO, FORGET_YES, RERENDER, forget_keyboard
 from bots.telegram.replies import Replies, RerenderReply
+from bots.telegram.updates import Context
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,6 @@ MEDIA = filters.PHOTO | filters.Document.ALL
 NOT_IMAGES = (
     filters.VIDEO | filters.VIDEO_NOTE | filters.Sticker.ALL | filters.AUDIO | filters.VOICE
 )
-
-Context = ContextTypes.DEFAULT_TYPE
 
 
 def media_of(message: Message | None) -> tuple[str, Upload] | None:
@@ -62,7 +60,7 @@ def media_of(message: Message | None) -> tuple[str, Upload] | None:
 def caption_asks_bot(message: Message, username: str) -> bool:
     """A caption that starts with /toonify (bare or addressed to this bot) or mentions it."""
     me = username.lower()
-    kinds = [MessageEntity.BOT_COMMAND, MessageEntity.MENTION]
+    kinds: list[str | None] = [MessageEntity.BOT_COMMAND, MessageEntity.MENTION]
     for entity, text in message.parse_caption_entities(kinds).items():
         if entity.type == MessageEntity.BOT_COMMAND and entity.offset == 0:
             command, _, target = text[1:].lower().partition("@")
