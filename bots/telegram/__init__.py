@@ -1,3 +1,4 @@
-"""The Telegram adapter (python-telegram-bot): `adapter.TelegramAdapter` is what bots/app.py
-builds; `handlers` holds what each update does, `controls` the buttons, `replies` how a request
-answers, `net` and `updates` the talking to Telegram."""
+"""The Telegram adapter (python-telegram-bot), in the shape of the Discord one:
+`adapter.TelegramAdapter` is what bots/app.py builds; `handlers` and `controls` hold what users
+can do, `requests` how a request reaches the service, `replies` how it answers, `net` and
+`updates` the talking to Telegram."""

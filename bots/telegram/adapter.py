@@ -3,7 +3,7 @@
 It builds the library's Application (the configured Bot API server, flood limits and retries:
 bots/telegram/net.py), routes updates to bots/telegram/handlers.py, receives them itself so
 that each is confirmed only once its request was admitted (bots/telegram/updates.py), and
-fetches photos for the service by the file id stored with a job.
+fetches photos for the service by the file id stored with a job (bots/telegram/requests.py).
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from bots.adapter import Background
 from bots.config import Settings
 from bots.service import ToonService
 from bots.startup import StartupFault, required_token, until_reachable
-from bots.telegram.handlers import PLATFORM, Handlers
+from bots.telegram.handlers import Handlers
 from bots.telegram.net import RetryingRateLimiter, retrying
 from bots.telegram.replies import Replies, StatusReply
+from bots.telegram.requests import PLATFORM, Requests
 from bots.telegram.updates import Poller, TelegramApp, WebhookServer
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,10 @@ class TelegramAdapter:
             .updater(None)
             .build()
         )
-        self._replies = Replies(self.app.bot, self._background)
         admins = frozenset(self._config.admins)
-        handlers = Handlers(service, admins, self._replies, self._background)
+        replies = Replies(self.app.bot, self._background)
+        self._requests = Requests(service, admins, replies, self._background)
+        handlers = Handlers(service, self._requests)
         self.app.add_handlers(handlers.routes())
         self.app.add_error_handler(handlers.on_error)
 
@@ -126,4 +128,4 @@ class TelegramAdapter:
         return await retrying(download)
 
     def reply_for(self, ref: dict[str, Any]) -> StatusReply:
-        return self._replies.status(int(ref["chat_id"]), int(ref["message_id"]))
+        return self._requests.reply_for(ref)

@@ -1,11 +1,9 @@
 """What the bot does with each kind of Telegram update; `Handlers.routes` lists them all.
 
 Requests are any photo or image file in a private chat; in groups only `/toonify` on or under
-a photo, or a mention in a photo's caption. The service admits them from what Telegram says
-about the file (the job row is written before the handler returns, and with it before the
-update is confirmed: bots/telegram/updates.py). Button presses are routed by their callback
-data (bots/telegram/controls.py); re-renders run in the background so that a press is
-confirmed at once. Texts come from bots/texts.py; what happens to a photo is the service's.
+a photo, or a mention in a photo's caption (bots/telegram/requests.py takes them to the
+service). Button presses are routed by their callback data (bots/telegram/controls.py).
+Texts come from bots/texts.py; what happens to a photo is the service's business.
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 
-from telegram import CallbackQuery, Chat, Message, MessageEntity, Update, User
+from telegram import CallbackQuery, Message, Update, User
 from telegram.constants import ChatType
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import (
@@ -25,50 +23,19 @@ from telegram.ext import (
 )
 
 from bots import texts
-from bots.adapter import Background, internal_error, refusing
-from bots.service import Refused, Requester, ToonService, Upload
+from bots.adapter import internal_error
+from bots.service import Refused, ToonService
 from bots.telegram.controls import FORGET_NO, FORGET_YES, RERENDER, forget_keyboard
-from bots.telegram.replies import Replies, RerenderReply
+from bots.telegram.requests import Requests, caption_asks_bot, media_of
 from bots.telegram.updates import Context
 
 log = logging.getLogger(__name__)
 
-PLATFORM = "telegram"
 ADMIN_ARITY = {"quota": 2, "ban": 1, "unban": 1, "stats": 0}
 MEDIA = filters.PHOTO | filters.Document.ALL
 NOT_IMAGES = (
     filters.VIDEO | filters.VIDEO_NOTE | filters.Sticker.ALL | filters.AUDIO | filters.VOICE
 )
-
-
-def media_of(message: Message | None) -> tuple[str, Upload] | None:
-    """The image a message carries and what Telegram says about it before any download.
-
-    A photo comes in several sizes, smallest first: the last is the original.
-    """
-    if message is None:
-        return None
-    if message.photo:
-        largest = message.photo[-1]
-        return largest.file_id, Upload(largest.file_size, "image/jpeg", None)
-    if message.document:
-        document = message.document
-        return document.file_id, Upload(document.file_size, document.mime_type, document.file_name)
-    return None
-
-
-def caption_asks_bot(message: Message, username: str) -> bool:
-    """A caption that starts with /toonify (bare or addressed to this bot) or mentions it."""
-    me = username.lower()
-    kinds: list[str | None] = [MessageEntity.BOT_COMMAND, MessageEntity.MENTION]
-    for entity, text in message.parse_caption_entities(kinds).items():
-        if entity.type == MessageEntity.BOT_COMMAND and entity.offset == 0:
-            command, _, target = text[1:].lower().partition("@")
-            if command == "toonify" and target in ("", me):
-                return True
-        if entity.type == MessageEntity.MENTION and text[1:].lower() == me:
-            return True
-    return False
 
 
 async def answer(query: CallbackQuery, alert: str | None = None) -> None:
@@ -103,17 +70,9 @@ def _pressed(update: Update, context: Context) -> tuple[CallbackQuery, re.Match[
 class Handlers:
     """One small handler per kind of update, on top of the service."""
 
-    def __init__(
-        self,
-        service: ToonService,
-        admins: frozenset[int],
-        replies: Replies,
-        background: Background,
-    ) -> None:
+    def __init__(self, service: ToonService, requests: Requests) -> None:
         self._service = service
-        self._admins = admins
-        self._replies = replies
-        self._background = background
+        self._requests = requests
 
     def routes(self) -> list[BaseHandler[Update, Context, None]]:
         """The routing table: the first handler whose filter or pattern matches wins."""
@@ -147,7 +106,7 @@ class Handlers:
     async def quota(self, update: Update, context: Context) -> None:
         """Toons left today and when they reset."""
         message, user = _asked(update)
-        who = self._requester(user, message.chat)
+        who = self._requests.requester(user, message.chat)
         await message.reply_text(await self._service.quota_text(who))
 
     async def forget(self, update: Update, context: Context) -> None:
@@ -162,7 +121,7 @@ class Handlers:
         the command replies to that user's message. The service judges the values.
         """
         message, user = _asked(update)
-        who = self._requester(user, message.chat)
+        who = self._requests.requester(user, message.chat)
         if not who.is_admin:
             await message.reply_text(texts.NOT_ADMIN)
             return
@@ -191,18 +150,18 @@ class Handlers:
             private = message.chat.type == ChatType.PRIVATE
             await message.reply_text(texts.SEND_A_PHOTO if private else texts.HOW_IN_GROUPS)
             return
-        await self._toonify(photo, message)
+        await self._requests.toonify(photo, message)
 
     async def private_media(self, update: Update, context: Context) -> None:
         """In a private chat every photo or file is a request."""
         message, _ = _asked(update)
-        await self._toonify(message, message)
+        await self._requests.toonify(message, message)
 
     async def group_media(self, update: Update, context: Context) -> None:
         """In a group only a photo whose caption asks this bot is."""
         message, _ = _asked(update)
         if caption_asks_bot(message, context.bot.username):
-            await self._toonify(message, message)
+            await self._requests.toonify(message, message)
 
     # ---- button presses --------------------------------------------------------------------
 
@@ -214,16 +173,15 @@ class Handlers:
             await answer(query, texts.EXPIRED)
             return
         await answer(query)
-        who = self._requester(query.from_user, message.chat)
-        reply = self._replies.rerender(message.chat_id, message.message_id)
-        self._background.run(self._rerender(who, match["result"], reply, match["change"]))
+        who = self._requests.requester(query.from_user, message.chat)
+        self._requests.rerender(who, message, match["result"], match["change"])
 
     async def forget_confirmed(self, update: Update, context: Context) -> None:
         """Delete everything stored about the one who asked, if they pressed."""
         query, match = _pressed(update, context)
         if await self._by_owner(query, match):
             chat = query.message.chat if query.message else None
-            await self._service.forget(self._requester(query.from_user, chat))
+            await self._service.forget(self._requests.requester(query.from_user, chat))
             await query.edit_message_text(texts.FORGOTTEN)
 
     async def forget_declined(self, update: Update, context: Context) -> None:
@@ -248,40 +206,6 @@ class Handlers:
             except TelegramError as exc:
                 log.warning("could not report error %s: %s", refused.error_id, exc)
 
-    # ---- the work behind them --------------------------------------------------------------
-
-    async def _toonify(self, photo: Message, asked: Message) -> None:
-        """Have the service admit the photo from what Telegram says about it; the job row is
-        written before this returns, and with it before the update is confirmed."""
-        found = media_of(photo)
-        assert found is not None and asked.from_user is not None
-        file_id, upload = found
-        who = self._requester(asked.from_user, asked.chat)
-        reply = self._replies.status(photo.chat_id, photo.message_id)
-        ref = {"chat_id": photo.chat_id, "message_id": photo.message_id, "file_id": file_id}
-        key = f"{PLATFORM}:{asked.chat_id}:{asked.message_id}"
-        try:
-            with refusing("a Telegram request"):
-                admitted = await self._service.admit(who, upload, reply, ref=ref, key=key)
-        except Refused as refused:
-            await reply.fail(refused)
-            return
-        if admitted is not None:
-            reply.working()
-
-    async def _rerender(
-        self, who: Requester, result_id: str, reply: RerenderReply, change: str
-    ) -> None:
-        """In the background: the press is confirmed to Telegram without waiting for it."""
-        try:
-            with refusing("a Telegram re-render"):
-                await self._service.rerender(who, result_id, reply, change=change)
-        except Refused as refused:
-            try:
-                await reply.fail(refused)
-            except TelegramError as exc:
-                log.warning("could not answer a button press: %s", exc)
-
     async def _by_owner(self, query: CallbackQuery, match: re.Match[str]) -> bool:
         """Only the one who asked may answer; anyone else gets an alert."""
         if str(query.from_user.id) != match["owner"]:
@@ -289,14 +213,3 @@ class Handlers:
             return False
         await answer(query)
         return True
-
-    def _requester(self, user: User, chat: Chat | None) -> Requester:
-        """Who asks; in a group, the group too (it may have its own quota)."""
-        in_group = chat is not None and chat.type != ChatType.PRIVATE
-        return Requester(
-            platform=PLATFORM,
-            user_id=str(user.id),
-            name=user.full_name,
-            group_id=str(chat.id) if in_group and chat is not None else None,
-            is_admin=user.id in self._admins,
-        )
