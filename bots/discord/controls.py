@@ -143,8 +143,8 @@ async def _rerender(interaction: discord.Interaction, result_id: str, change: st
     toon's; a refusal puts them back as they were."""
     client = client_of(interaction)
     assert interaction.message is not None  # discord.py drops presses without their message
-    shown = discord.ui.View.from_message(interaction.message, timeout=None)
-    await interaction.response.edit_message(view=_disabled(interaction.message))
+    shown = _as_shown(interaction.message)
+    await interaction.response.edit_message(view=_as_shown(interaction.message, disabled=True))
     reply = RerenderReply(interaction, shown)
     try:
         with refusing("a Discord re-render"):
@@ -154,11 +154,14 @@ async def _rerender(interaction: discord.Interaction, result_id: str, change: st
         await reply.fail(refused)
 
 
-def _disabled(message: discord.Message) -> discord.ui.View:
+def _as_shown(message: discord.Message, *, disabled: bool = False) -> discord.ui.View:
+    """The controls of `message` as a picture, all disabled or as they were: a stopped view,
+    which discord.py does not listen to, so that presses keep reaching the items above."""
     view = discord.ui.View.from_message(message, timeout=None)
     for item in view.children:
-        if isinstance(item, discord.ui.Button | discord.ui.Select):
+        if disabled and isinstance(item, discord.ui.Button | discord.ui.Select):
             item.disabled = True
+    view.stop()
     return view
 
 
