@@ -15,7 +15,7 @@ import discord
 from discord import app_commands
 
 from bots import texts
-from bots.adapter import internal_error
+from bots.adapter import refusing
 from bots.discord.client import PLATFORM, ToonifyClient
 from bots.discord.requests import pick_attachment, toonify
 from bots.discord.toons import clip
@@ -125,9 +125,8 @@ async def _admin(
 
 async def _answer(interaction: Interaction, action: str, answer: Awaitable[str]) -> None:
     try:
-        text = await answer
+        with refusing(f"admin {action}"):
+            text = await answer
     except Refused as refused:
         text = refused.text
-    except Exception as exc:
-        text = internal_error(f"admin {action}", exc).text
     await interaction.edit_original_response(content=clip(text))
