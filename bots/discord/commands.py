@@ -17,8 +17,8 @@ from discord import app_commands
 from bots import texts
 from bots.adapter import refusing
 from bots.discord.client import PLATFORM, ToonifyClient
+from bots.discord.posts import clip
 from bots.discord.requests import pick_attachment, toonify
-from bots.discord.toons import clip
 from bots.service import Refused
 from inference.pipeline import StyleInfo
 

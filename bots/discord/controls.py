@@ -17,7 +17,7 @@ import discord
 from bots import texts
 from bots.adapter import internal_error, refusing
 from bots.discord.client import client_of
-from bots.discord.toons import caption, clip, toon_file
+from bots.discord.posts import caption, clip, toon_file
 from bots.service import Refused, Toon
 
 Button = discord.ui.Button[discord.ui.View]

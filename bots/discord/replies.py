@@ -14,7 +14,7 @@ import discord
 
 from bots.discord.client import ToonifyClient
 from bots.discord.controls import toon_view
-from bots.discord.toons import PING_USERS, caption, clip, toon_file
+from bots.discord.posts import PING_USERS, caption, clip, toon_file
 from bots.service import Refused, Toon
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""A toon as Discord takes it: a file under the upload limit, a caption, texts that fit."""
+"""What the bot posts on Discord: a toon as a file under the upload limit, its caption, and
+texts cut to what a message holds."""
 
 from __future__ import annotations
 
