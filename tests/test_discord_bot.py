@@ -105,7 +105,8 @@ def bot(app: App) -> DiscordAdapter:
 
 @pytest.fixture
 def strengths(app: App) -> list[int]:
-    return app.config.styles[app.config.style].strengths
+    """Those of the default style, as the service renders them."""
+    return app.service.styles[app.service.default_style].strengths
 
 
 def _public_toon(message: FakeMessage) -> bool:
