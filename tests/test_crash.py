@@ -45,6 +45,21 @@ async def used(folder: Path, user_id: int) -> int:
         await store.close()
 
 
+async def status_within(folder: Path, job_id: str, wanted: JobStatus) -> bool:
+    """Whether the job reaches `wanted` within WAIT: the bot marks a toon done only once
+    Telegram's answer to sendPhoto has come back, a moment after the fake recorded the call."""
+    store = await open_store(folder)
+    try:
+        async with asyncio.timeout(WAIT):
+            while (job := await store.jobs.get(job_id)) is None or job.status is not wanted:
+                await asyncio.sleep(0.05)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        await store.close()
+
+
 def successful_toons(fake: FakeTelegram, photo: dict[str, Any]) -> list[Call]:
     return [c for c in fake.calls_of("sendPhoto") if c.ok and replies_to(photo)(c)]
 
@@ -69,10 +84,7 @@ async def test_a_kill_during_a_delivery_retry_delivers_the_toon_once_after_the_r
     again = await process.start("run").running()
     await fake_telegram.wait_for("sendPhoto", replies_to(photo), within=WAIT)
     await again.wait_for("resumed 1 job")
-    store = await open_store(tmp_path)
-    done = await store.jobs.get(job.id)
-    await store.close()
-    assert done is not None and done.status is JobStatus.DONE
+    assert await status_within(tmp_path, job.id, JobStatus.DONE)
     again.signal(signal.SIGTERM)
     assert await again.exited() == 0
     assert len(successful_toons(fake_telegram, photo)) == 1
