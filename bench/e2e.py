@@ -29,12 +29,13 @@ from bench.networks import describe
 from bench.platform import PLATFORM, BenchPlatform, BenchReply, submit
 from bots.app import App
 from bots.config import Settings
+from inference.architecture import Architecture
 from inference.checkpoints import save_generator
 from inference.encoder_checkpoints import save_encoder
 from inference.encoders import EncoderArch, FaceEncoder
 from inference.pipeline import Toonifier, to_tensor
 from inference.settings import StyleSettings
-from inference.stylegan2 import Architecture, Generator
+from inference.stylegan2 import Generator
 from storage import Store
 
 METHODS = ("encoder", "encoder+optimize", "optimize")

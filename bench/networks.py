@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from inference.architecture import Architecture
 from inference.encoders import EncoderArch, FaceEncoder
 from inference.runtime import Runtime, load_networks
-from inference.stylegan2 import Architecture, Generator
+from inference.stylegan2 import Generator
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from inference.encoders import FaceEncoder
+from inference.errors import ModelLoadError
 from inference.stylegan2 import Generator
 
 Runtime = Literal["torch", "openvino"]
@@ -35,7 +36,7 @@ Runtime = Literal["torch", "openvino"]
 OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
 
 
-class RuntimeUnavailable(ValueError):
+class RuntimeUnavailable(ModelLoadError):
     """The configured runtime cannot run here; str() is one line with the fix."""
 
 
@@ -100,7 +101,7 @@ class OpenVinoNetworks(Networks):
         with warnings.catch_warnings(), torch.no_grad():
             # Python branches on shapes are taken once at the traced shape, which is the
             # only shape the compiled model accepts: the tracer's warning does not apply.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
             model = self._convert(module, example_input=example, input=[tuple(example.shape)])
         return self._core.compile_model(model, "CPU", OPENVINO_CONFIG)
 

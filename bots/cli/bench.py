@@ -175,8 +175,9 @@ def pipeline(
     """Per-stage times of a toon with random-weight generators: 1 face and 4 faces."""
     from bench.networks import describe
     from bench.pipeline import STAGES, group_photos, measure, random_toonifier
+    from inference.devices import resolve_device
     from inference.invert import PerceptualModelMissingError
-    from inference.pipeline import distance_factory, resolve_device
+    from inference.pipeline import distance_factory
 
     config = settings(ctx)
     device = resolve_device(config.models.device)
@@ -227,7 +228,7 @@ def encoder(
     """Forward time per face of a full-size e4e encoder (random weights), batch 1 and 8, in
     models.runtime."""
     from bench.networks import describe, encoder_seconds
-    from inference.pipeline import resolve_device
+    from inference.devices import resolve_device
     from inference.runtime import RuntimeUnavailable
 
     models = settings(ctx).models
