@@ -74,7 +74,8 @@ class Estimate:
 
 
 def measure(toonifier: Toonifier) -> Estimate:
-    """Time one face through the inversion the toonifier was built with, on its device.
+    """Time one face through the inversion the toonifier was built with, on its device and in
+    its runtime.
 
     On an accelerator the first call of each kernel pays for loading and autotuning, so each
     part runs once untimed first there (cheap on a GPU); on a CPU a step is the expensive part
@@ -87,8 +88,9 @@ def measure(toonifier: Toonifier) -> Estimate:
     encode_seconds = 0.0
     if toonifier.encoder is not None:
         encoder = toonifier.encoder
-        with torch.no_grad():
-            start, encode_seconds = _timed(device, lambda: encoder(targets).float())
+        start, encode_seconds = _timed(
+            device, lambda: toonifier.networks.encode(encoder, targets).float()
+        )
     step_seconds = 0.0
     if toonifier.steps:
         distance = toonifier.make_distance(targets)
@@ -99,8 +101,9 @@ def measure(toonifier: Toonifier) -> Estimate:
     style, strength = toonifier.pick(None, None)
     model = toonifier.blends[style][strength]
     ws = toonifier.face.w_avg.to(device).repeat(1, model.num_ws, 1)
-    with torch.no_grad():
-        _, render_seconds = _timed(device, lambda: model.synthesis(ws, noise_mode="const"))
+    _, render_seconds = _timed(
+        device, lambda: toonifier.networks.synthesis(model, ws, toonifier.dtype)
+    )
     return Estimate(
         method=method_of(toonifier),
         device=str(device),
