@@ -4,7 +4,7 @@ Rendering (a blend's synthesis network) and the encoders' forward pass need no g
 PyTorch runs them under `torch.inference_mode` (no autograd records, no version counters);
 inversion needs autograd and never comes here. `models.runtime = "openvino"` converts each of
 those networks once at start-up into an OpenVINO model compiled for this CPU, which renders a
-1024 px face ~2.4x faster than eager PyTorch and encodes it ~1.3x faster on a 2-core CPU
+1024 px face ~2.4x faster than eager PyTorch and encodes it ~1.4x faster on a 2-core CPU
 (bench/README.md#runtime, where `torch.compile` was measured too: slower than OpenVINO on the
 render and no faster than eager on the encoder, so it was dropped). The converted networks take
 one face per call: on a CPU a batch is no faster than its faces one by one, and a fixed shape
