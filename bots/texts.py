@@ -181,6 +181,20 @@ HOW_IN_GROUPS = (
     "in its caption."
 )
 
+
+
+def group_help(bot_username: str) -> str:
+    """/start and /help in a group: the bot answers there only when asked."""
+    return (
+        "In a group I toonify a photo only when you ask:\n"
+        "• send the photo with /toonify in its caption,\n"
+        "• reply /toonify to a photo already in the chat, or\n"
+        f"• mention @{bot_username} in the photo's caption.\n"
+        "Only the one who asked can use the buttons under the toon.\n"
+        "/quota shows how many toons you have left today.\n" + PRIVACY
+    )
+
+
 # Command menu: (command, description), in the order the menu shows them.
 COMMANDS = (
     ("toonify", "Toonify a photo (reply to it, or put this in its caption)"),
@@ -190,14 +204,15 @@ COMMANDS = (
 )
 
 
-# ---- Discord (bots/discord_bot.py): commands, buttons and prompts -------------------------
+# ---- Discord (bots/discord/): commands, buttons and prompts -------------------------
 
 DISCORD_DELETE = "Delete"
 DISCORD_STYLE_PLACEHOLDER = "Try another style"
 DISCORD_HELP = (
     "Send me a selfie right here and I'll send back your cartoon twin. In a server, use "
     "/toonify with a photo, or Apps > Toonify on any message with one. Every face in the "
-    "photo gets toonified; the buttons under the result change it.\n" + PRIVACY
+    "photo gets toonified; the buttons under the result change it.\n"
+    "/quota shows how many toons you have left today.\n" + PRIVACY
 )
 DISCORD_NO_IMAGE = "That message has no image. Use Toonify on a message with a photo attached."
 DISCORD_DOWNLOAD_FAILED = "I couldn't download that image from Discord. Please try again."
@@ -208,6 +223,8 @@ DISCORD_TOONIFY = "Turn every face in a photo into a cartoon"
 DISCORD_IMAGE = "A photo with at least one face"
 DISCORD_STYLE = "The cartoon style"
 DISCORD_STRENGTH = "Lower keeps your face shape, higher draws more cartoon structure"
+DISCORD_QUOTA = "How many toons you have left today, and when they reset"
+DISCORD_FORGET = "Delete everything the bot knows about you"
 DISCORD_ADMIN = "Toonify quotas and bans"
 DISCORD_ADMIN_QUOTA = "Set a user's daily toons (bot admins)"
 DISCORD_ADMIN_SERVER_QUOTA = "Set the daily toons of this server's members (server managers)"

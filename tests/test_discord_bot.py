@@ -158,9 +158,10 @@ async def test_slash_command_defers_privately_reports_progress_and_posts_the_too
     [image] = fake.files_of(toon)
     assert Image.open(BytesIO(image)).size == Image.open(BytesIO(face_jpeg())).size
     assert [(b["label"], bool(b.get("disabled"))) for b in toon.buttons()] == [
-        ("Less toon", True),
-        ("More toon", False),
-        ("Delete", False),
+        (texts.LESS_TOON, True),
+        (texts.MORE_TOON, False),
+        (texts.FACES_ONLY, False),
+        (texts.DISCORD_DELETE, False),
     ]
     assert {o["value"] for o in toon.selects()[0]["options"]} == {"toon", "arcane", "psp"}
 
@@ -188,7 +189,12 @@ async def test_dm_photo_gets_a_toon_in_reply(fake: FakeDiscord, bot: DiscordAdap
     reply = await fake.wait_until(toon, within=WAIT, what="a toon in the DM")
     assert fake.calls_of("typing")
     assert reply.message_reference and reply.message_reference["message_id"] == str(photo.id)
-    assert [b["label"] for b in reply.buttons()] == ["Less toon", "More toon", "Delete"]
+    assert [b["label"] for b in reply.buttons()] == [
+        texts.LESS_TOON,
+        texts.MORE_TOON,
+        texts.FACES_ONLY,
+        texts.DISCORD_DELETE,
+    ]
     await fake.wait_until(
         lambda: fake.channel_messages(photo.channel_id) == [photo, reply] or None,
         what="the status message to go",
@@ -371,7 +377,7 @@ async def test_commands_sync_to_configured_servers_only(
     ) as app:
         assert fake.commands[None] == []
         synced = {c["name"]: c for c in fake.commands[fake.guild_id]}
-        assert set(synced) == {"toonify", "Toonify", "toonify-admin"}
+        assert set(synced) == {"toonify", "Toonify", "quota", "forget", "toonify-admin"}
         assert synced["toonify-admin"]["default_member_permissions"] == str(MANAGE_GUILD)
         choices = {o["name"]: o.get("choices") for o in synced["toonify"]["options"]}
         assert [c["value"] for c in choices["style"]] == list(app.service.styles)
@@ -419,3 +425,83 @@ async def test_jobs_resumed_after_a_restart_answer_through_the_channel(
     await bot.reply_for(ref).fail(Refused(RefusalKind.RESEND, texts.RESTARTED))
     told = await fake.wait_for("create_message", lambda c: c.payload["content"] == texts.RESTARTED)
     assert told.params["channel"] == str(fake.dm_channel(lee))
+
+
+async def test_quota_is_told_privately_with_the_reset_time(
+    fake: FakeDiscord, bot: DiscordAdapter, service: ToonService
+) -> None:
+    mia = fake.add_user("mia")
+    fresh = await fake.slash_command("quota", user=mia)
+    answer = await fake.wait_for_response(fresh, lambda m: not m.loading)
+    assert answer.ephemeral
+    assert answer.content == await _quota_left(service, mia)
+    assert answer.content.startswith("3 toons left today, resets in ")
+
+    await _toon_for(fake, await _toonify(fake, mia))
+    after = await fake.slash_command("quota", user=mia, in_dm=True)
+    answer = await fake.wait_for_response(after, lambda m: not m.loading)
+    assert answer.ephemeral and answer.content.startswith("2 toons left today")
+
+
+async def test_forget_asks_privately_and_deletes_only_on_yes(
+    fake: FakeDiscord, app: App, bot: DiscordAdapter, service: ToonService
+) -> None:
+    ned = fake.add_user("ned")
+    fresh = await _quota_left(service, ned)
+    toon = await _toon_for(fake, await _toonify(fake, ned))
+    result_id = toon.buttons()[0]["custom_id"].split(":")[2]
+    assert await _quota_left(service, ned) != fresh
+
+    asked = await fake.slash_command("forget", user=ned)
+    question = await fake.wait_for_response(asked, lambda m: m.content)
+    assert question.ephemeral and question.content == texts.FORGET_CONFIRM
+    assert [b["label"] for b in question.buttons()] == [texts.FORGET_YES, texts.FORGET_NO]
+
+    await fake.press_button(question, texts.FORGET_NO, user=ned)
+    await fake.wait_until(lambda: question.content == texts.FORGET_KEPT or None)
+    assert question.buttons() == []
+    assert await app.store.jobs.get(result_id) is not None
+
+    again = await fake.wait_for_response(await fake.slash_command("forget", user=ned))
+    await fake.press_button(again, texts.FORGET_YES, user=ned)
+    await fake.wait_until(lambda: again.content == texts.FORGOTTEN or None)
+    assert again.buttons() == []
+    assert await app.store.jobs.get(result_id) is None
+    assert await _quota_left(service, ned) == fresh
+    # The same service call as Telegram's: the toon's faces are gone from memory too.
+    await fake.press_button(toon, texts.MORE_TOON, user=ned)
+    said = await fake.wait_until(
+        lambda: next((m for m in fake.messages.values() if m.content == texts.EXPIRED), None),
+        within=WAIT,
+    )
+    assert said.ephemeral
+
+
+async def test_faces_only_toggles_and_back_for_the_requester_only(
+    fake: FakeDiscord, bot: DiscordAdapter
+) -> None:
+    owner, other = fake.add_user("owner"), fake.add_user("other")
+    toon = await _toon_for(fake, await _toonify(fake, owner))
+    [photo] = fake.files_of(toon)
+
+    steal = await fake.press_button(toon, texts.FACES_ONLY, user=other)
+    refusal = await fake.wait_for_response(steal, lambda m: m.content)
+    assert refusal.ephemeral and refusal.content == texts.NOT_YOURS
+    assert fake.files_of(toon) == [photo]
+
+    await fake.press_button(toon, texts.FACES_ONLY, user=owner)
+    await fake.wait_until(
+        lambda: texts.WHOLE_PHOTO in [b["label"] for b in toon.buttons()] or None, within=WAIT
+    )
+    [faces] = fake.files_of(toon)
+    with Image.open(BytesIO(faces)) as shown, Image.open(BytesIO(photo)) as whole:
+        assert shown.size != whole.size  # the toon face alone, not the pasted-back photo
+    assert texts.FACES_ONLY not in [b["label"] for b in toon.buttons()]
+
+    await fake.press_button(toon, texts.WHOLE_PHOTO, user=owner)
+    await fake.wait_until(
+        lambda: texts.FACES_ONLY in [b["label"] for b in toon.buttons()] or None, within=WAIT
+    )
+    [back] = fake.files_of(toon)
+    with Image.open(BytesIO(back)) as shown, Image.open(BytesIO(photo)) as whole:
+        assert shown.size == whole.size

@@ -1,9 +1,11 @@
-"""The application commands: `/toonify`, the message menu "Toonify" and `/toonify-admin`.
+"""The application commands: `/toonify`, the message menu "Toonify", `/quota`, `/forget` and
+`/toonify-admin`.
 
 `/toonify` offers the styles and strengths the service renders; `/toonify-admin` is shown by
 default only to members who manage the server, and obeyed for the bot admins of
-`discord.admins` only (a server's managers may also set that server's default quota). The
-descriptions users read come from bots/texts.py, like every other word the bot says.
+`discord.admins` only (a server's managers may also set that server's default quota).
+`/quota` and `/forget` answer privately, as Telegram's do in a private chat. The descriptions
+users read come from bots/texts.py, like every other word the bot says.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from discord import app_commands
 from bots import texts
 from bots.adapter import refusing
 from bots.discord.client import PLATFORM, ToonifyClient
+from bots.discord.controls import forget_view
 from bots.discord.posts import clip
 from bots.discord.requests import pick_attachment, toonify
 from bots.service import Refused
@@ -32,7 +35,11 @@ def application_commands(
 ) -> list[app_commands.Command[Any, ..., Any] | app_commands.ContextMenu | app_commands.Group]:
     """Everything the command tree syncs, built fresh for each client."""
     menu = app_commands.ContextMenu(name=texts.DISCORD_MENU, callback=toonify_message)
-    return [toonify_command(styles), menu, AdminCommands()]
+    quota = app_commands.Command(name="quota", description=texts.DISCORD_QUOTA, callback=quota_left)
+    forget = app_commands.Command(
+        name="forget", description=texts.DISCORD_FORGET, callback=forget_asked
+    )
+    return [toonify_command(styles), menu, quota, forget, AdminCommands()]
 
 
 def toonify_command(styles: Mapping[str, StyleInfo]) -> app_commands.Command[Any, ..., None]:
@@ -65,6 +72,20 @@ async def toonify_message(interaction: Interaction, message: discord.Message) ->
     await toonify(interaction, pick_attachment(message.attachments), None, None, source=message)
 
 
+async def quota_left(interaction: Interaction) -> None:
+    """Toons left today and when they reset, for the requester's eyes only."""
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    client = interaction.client
+    who = client.requester(interaction.user, interaction.guild_id)
+    await _answer(interaction, "a Discord /quota", client.service.quota_text(who))
+
+
+async def forget_asked(interaction: Interaction) -> None:
+    """Ask, privately, before deleting everything stored about the requester."""
+    view = forget_view(interaction.user.id)
+    await interaction.response.send_message(texts.FORGET_CONFIRM, view=view, ephemeral=True)
+
+
 class AdminCommands(
     app_commands.Group,
     name="toonify-admin",
@@ -93,7 +114,7 @@ class AdminCommands(
             await interaction.edit_original_response(content=texts.DISCORD_NOT_MANAGER)
             return
         said = client.service.set_group_quota(who, str(interaction.guild_id), daily)
-        await _answer(interaction, "server-quota", said)
+        await _answer(interaction, "admin server-quota", said)
 
     @app_commands.command(description=texts.DISCORD_ADMIN_BAN)
     @app_commands.describe(user=texts.DISCORD_ADMIN_USER)
@@ -120,12 +141,14 @@ async def _admin(
     await interaction.response.defer(ephemeral=True, thinking=True)
     client = interaction.client
     who = client.requester(interaction.user, interaction.guild_id)
-    await _answer(interaction, action, client.service.admin(who, action, target, value))
+    said = client.service.admin(who, action, target, value)
+    await _answer(interaction, f"admin {action}", said)
 
 
-async def _answer(interaction: Interaction, action: str, answer: Awaitable[str]) -> None:
+async def _answer(interaction: Interaction, what: str, answer: Awaitable[str]) -> None:
+    """The deferred response becomes the answer, or the refusal."""
     try:
-        with refusing(f"admin {action}"):
+        with refusing(what):
             text = await answer
     except Refused as refused:
         text = refused.text
