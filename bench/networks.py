@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from inference.architecture import Architecture
 from inference.encoders import EncoderArch, FaceEncoder
-from inference.stylegan2 import Architecture, Generator
+from inference.stylegan2 import Generator
 
 
 @dataclass(frozen=True)

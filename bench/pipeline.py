@@ -15,12 +15,14 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from inference.architecture import Architecture
 from inference.faces import FaceDetector
 from inference.images import encode_jpeg
 from inference.invert import Distance
-from inference.pipeline import Latents, Prepared, StyleInfo, Toonifier, prepare_blends
+from inference.pipeline import Latents, StyleInfo, Toonifier, prepare_blends
+from inference.prepare import Prepared
 from inference.settings import LimitsSettings
-from inference.stylegan2 import Architecture, Generator
+from inference.stylegan2 import Generator
 
 STAGES = ("decode", "detect", "align", "invert/step", "render", "paste", "encode")
 

@@ -13,9 +13,10 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 from skimage import data
@@ -24,10 +25,15 @@ from bots.app import App
 from bots.config import Settings
 from bots.service import Refused, Toon, Upload
 from bots.service import Requester as Who
+from inference.architecture import Architecture
 from inference.checkpoints import save_generator
-from inference.pipeline import Prepared, Toonifier
-from inference.stylegan2 import Architecture, Generator
+from inference.pipeline import Finished, Latents, Toonifier
+from inference.prepare import Prepared
+from inference.stages import ProgressFn, StopFn
+from inference.stylegan2 import Generator
 from storage import Store
+
+T = TypeVar("T")
 
 PLATFORM = "bench"
 PREPARE_STAGES = ("decode", "detect", "align")
@@ -49,32 +55,38 @@ class _TimedEngine:
 
     def __init__(self, inner: Toonifier) -> None:
         self._inner = inner
-        self.styles = inner.styles
-        self.default_style = inner.default_style
-        self.detector = inner.detector
-        self.resolution = inner.resolution
-        self.device = inner.device
         self.seconds = 0.0
         self._lock = threading.Lock()
 
-    def _timed(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _timed(self, work: Callable[[], T]) -> T:
         start = time.perf_counter()
         try:
-            return fn(*args, **kwargs)
+            return work()
         finally:
             with self._lock:
                 self.seconds += time.perf_counter() - start
 
-    def invert(self, *args: Any, **kwargs: Any) -> Any:
-        return self._timed(self._inner.invert, *args, **kwargs)
+    def invert(
+        self,
+        batch: Sequence[Prepared],
+        progress: ProgressFn | None = None,
+        should_stop: StopFn | None = None,
+    ) -> list[Latents]:
+        return self._timed(lambda: self._inner.invert(batch, progress, should_stop))
 
-    def finish(self, prepared: Prepared, *args: Any) -> Any:
+    def finish(
+        self,
+        prepared: Prepared,
+        latents: Latents,
+        style: str | None = None,
+        strength: int | None = None,
+    ) -> Finished:
         with self._lock:
             self.seconds += sum(prepared.timings.get(s, 0.0) for s in PREPARE_STAGES)
-        return self._timed(self._inner.finish, prepared, *args)
+        return self._timed(lambda: self._inner.finish(prepared, latents, style, strength))
 
-    def render(self, *args: Any) -> Any:
-        return self._timed(self._inner.render, *args)
+    def rerender(self, finished: Finished, style: str, strength: int) -> Finished:
+        return self._timed(lambda: self._inner.rerender(finished, style, strength))
 
 
 class _Reply:
@@ -142,8 +154,10 @@ async def _app(
     folder: Path, steps: int, max_batch: int, jobs: int, photo: bytes
 ) -> tuple[App, _TimedEngine]:
     config = _config(folder, steps, max_batch, jobs)
-    engine = _TimedEngine(await asyncio.to_thread(Toonifier.from_config, config))
-    app = App(config, engine, await Store.open(config.storage.url, config.quota))
+    toonifier = await asyncio.to_thread(Toonifier.from_config, config)
+    engine = _TimedEngine(toonifier)
+    store = await Store.open(config.storage.url, config.quota)
+    app = App(config, toonifier, store, engine=engine)
     app.service.register(PLATFORM, _Photo(photo))
     await app.start([])
     return app, engine

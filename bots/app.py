@@ -30,9 +30,10 @@ from bots.ops import start_ops
 from bots.service import ToonService
 from bots.startup import StartupFault
 from inference.invert_plan import log_expected_speed
-from inference.pipeline import Latents, Prepared, Result, Toonifier
+from inference.pipeline import Finished, Latents, Toonifier
+from inference.prepare import Prepared
 from inference.prepare_pool import PoolStartError, PreparePool, PrepareSpec
-from inference.worker import Worker
+from inference.worker import Engine, Worker
 from storage import Store
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,8 @@ class Interrupted(Exception):
 class App:
     """Everything `toonify run` starts, in one object that tests can start and stop too.
 
-    `pool` defaults to prepare processes built from the configuration and the Toonifier's
-    face detector.
+    `engine` is the Toonifier (tests and benchmarks wrap it); `pool` defaults to prepare
+    processes built from the configuration and the Toonifier's face detector.
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class App:
         toonifier: Toonifier,
         store: Store,
         pool: PreparePool | None = None,
+        engine: Engine[Prepared, Latents, Finished] | None = None,
     ) -> None:
         self.config = config
         self.toonifier = toonifier
@@ -72,22 +74,18 @@ class App:
             timeout=config.limits.prepare_timeout,
         )
         self.worker = Worker(
-            toonifier,
+            engine or toonifier,
+            self.pool,
             queue_size=config.worker.queue_size,
             max_batch=config.worker.max_batch,
             job_timeout=config.worker.job_timeout,
+            cache_size=config.worker.cache_size,
+            cache_ttl=config.worker.cache_ttl,
         )
         self.metrics.watch_queue(lambda: self.worker.depth)
         self.metrics.watch_device(toonifier.device)
         self.service = ToonService(
-            config,
-            store,
-            self.pool,
-            self.worker,
-            dict(toonifier.styles),
-            toonifier.default_style,
-            _renderer(toonifier),
-            self.metrics,
+            config, store, self.worker, toonifier.styles, toonifier.default_style, self.metrics
         )
         self._adapters: list[Adapter] = []
         self._ops: web.AppRunner | None = None
@@ -147,13 +145,6 @@ class App:
             if removed:
                 log.info("deleted %d job row(s) past the retention period", removed)
             await asyncio.sleep(PURGE_EVERY)
-
-
-def _renderer(toonifier: Toonifier) -> Callable[[Prepared, Latents, str, int], Result]:
-    def render(prepared: Prepared, latents: Latents, style: str, strength: int) -> Result:
-        return toonifier.render(prepared.photo, prepared.faces, latents, style, strength)
-
-    return render
 
 
 def make_adapters(config: Settings, service: ToonService) -> list[Adapter]:

@@ -1,10 +1,18 @@
-"""Every user-facing message in one place, so tone and wording stay consistent across platforms."""
+"""Every user-facing message in one place, so tone and wording stay consistent across platforms.
+
+inference/ and storage/ report typed problems (an ImageProblem, a SkippedFace, a Stage); the
+words for them are here.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import timedelta
 
+from inference.faces import SkippedFace, SkipProblem
+from inference.images import ImageError, ImageProblem
+from inference.stages import Stage
 from storage import QuotaStatus, UsageStats
 
 PRIVACY = (
@@ -68,6 +76,12 @@ def unknown_style(style: str, styles: list[str]) -> str:
     return f"There is no style called {style!r}. Try one of: {', '.join(styles)}."
 
 
+def bad_strength(strength: int, style: str, strengths: list[int]) -> str:
+    """`style` is the style's label."""
+    offered = ", ".join(str(s) for s in strengths)
+    return f"{style} has no strength {strength}. Pick one of {offered}."
+
+
 def cooldown(seconds: float) -> str:
     return f"One at a time! You can send another photo in {math.ceil(seconds)} s."
 
@@ -79,11 +93,55 @@ def internal_error(error_id: str) -> str:
     )
 
 
-def no_face(skipped: list[str]) -> str:
+def no_face(skipped: Sequence[SkippedFace]) -> str:
     """Name why the faces that were found did not count, when some were found."""
     if not skipped:
         return NO_FACE
-    return f"{NO_FACE} ({'; '.join(skipped)})"
+    return f"{NO_FACE} ({'; '.join(skipped_face(s) for s in skipped)})"
+
+
+def skipped_face(skipped: SkippedFace) -> str:
+    if skipped.problem == SkipProblem.TOO_SMALL:
+        return (
+            f"A face {skipped.face.width:.0f} px wide is too small "
+            f"(at least {skipped.limit} px are needed)."
+        )
+    return f"Only the {skipped.limit} largest faces of a photo are used."
+
+
+_ACCEPTED = "JPEG, PNG, WebP, HEIC/HEIF, AVIF or GIF"
+
+
+def image_problem(error: ImageError) -> str:
+    """Why a file could not be used as a photo."""
+    facts = error.facts
+    match error.problem:
+        case ImageProblem.EMPTY:
+            return "The file is empty."
+        case ImageProblem.NO_PIXELS:
+            return "The image has no pixels."
+        case ImageProblem.TOO_MANY_BYTES:
+            return f"The file is too large ({_mb(facts.found)}); the limit is {_mb(facts.limit)}."
+        case ImageProblem.TOO_MANY_PIXELS if facts.size and facts.found and facts.limit:
+            width, height = facts.size
+            return (
+                f"The image is too large ({width}x{height} = {facts.found / 1e6:.0f} MP); "
+                f"the limit is {facts.limit / 1e6:.0f} MP."
+            )
+        case ImageProblem.TOO_MANY_PIXELS:
+            return "The image has far too many pixels to be processed."
+        case ImageProblem.TOO_COMPLEX:
+            return f"The image is stored in more than {facts.limit} passes, too many to decode."
+        case ImageProblem.NOT_AN_IMAGE:
+            return f"This file is not an image I can read; send a {_ACCEPTED} picture."
+        case ImageProblem.UNSUPPORTED_FORMAT:
+            return f"{facts.format} images are not supported; send a {_ACCEPTED} picture."
+        case ImageProblem.DAMAGED:
+            return "The image is damaged or incomplete and cannot be read."
+
+
+def _mb(size: int | None) -> str:
+    return f"{(size or 0) / 1e6:.1f} MB"
 
 
 def duration(delta: timedelta) -> str:
@@ -114,18 +172,18 @@ def queued(faces: int, position: int, eta_seconds: float) -> str:
     return f"{found}, you're #{position} in line (about {wait})."
 
 
-def progress(stage: str, step: int, total: int) -> str:
-    if stage == "invert" and total:
+def progress(stage: Stage, step: int, total: int) -> str:
+    if stage == Stage.INVERT and total:
         return f"Finding your face in latent space… {round(100 * step / total)}%"
     return "Drawing your toon…"
 
 
-def caption(label: str, strength: int, faces: int, skipped: list[str]) -> str:
+def caption(label: str, strength: int, faces: int, skipped: Sequence[SkippedFace]) -> str:
     text = f"{label} · strength {strength}"
     if faces > 1:
         text += f" · {faces} faces"
     if skipped:
-        text += f" · skipped: {'; '.join(skipped)}"
+        text += f" · skipped: {'; '.join(skipped_face(s) for s in skipped)}"
     return text
 
 
@@ -235,8 +293,3 @@ DISCORD_ADMIN_USER = "The user"
 DISCORD_ADMIN_DAILY = "Toons per day: a number, unlimited, or default"
 DISCORD_ADMIN_SERVER_DAILY = "Toons per day: a number, or default"
 DISCORD_NOT_MANAGER = "Only this server's managers and the bot's admins can do that."
-
-
-def discord_bad_strength(strength: int, style: str, strengths: list[int]) -> str:
-    offered = ", ".join(str(s) for s in strengths)
-    return f"{style} has no strength {strength}. Pick one of {offered}."

@@ -61,7 +61,8 @@ class AlignedFace:
         origin, axes = _frame(self.quad)
         size = np.array(self.image.size, dtype=np.float64)
         local = (np.asarray(points, np.float64) + 0.5) / size
-        return origin + local @ axes.T
+        photo: np.ndarray = origin + local @ axes.T
+        return photo
 
 
 def ffhq_quad(landmarks: np.ndarray) -> np.ndarray:
@@ -184,8 +185,12 @@ class _Frame:
         scale = np.array([width / reduced[0], height / reduced[1]])
         border = max(round(qsize * 0.1), 3)
         x0, y0, x1, y1 = _bounds(quad)
-        crop = (max(x0 - border, 0), max(y0 - border, 0))
-        crop += (min(x1 + border, reduced[0]), min(y1 + border, reduced[1]))
+        crop = (
+            max(x0 - border, 0),
+            max(y0 - border, 0),
+            min(x1 + border, reduced[0]),
+            min(y1 + border, reduced[1]),
+        )
         x0, y0, x1, y1 = _bounds(quad - crop[:2])
         pad = np.array([-x0, -y0, x1 - (crop[2] - crop[0]), y1 - (crop[3] - crop[1])]) + border
         pad = np.maximum(pad, 0)
@@ -348,7 +353,8 @@ def _mirrored(extent: float, count: int, pad: float, length: float) -> np.ndarra
     crop (`length` wide, `pad` in) that numpy's reflect padding copies there."""
     centres = (np.arange(count) + 0.5) * (extent / count) - 0.5 - pad
     period = 2.0 * max(length - 1.0, 1e-9)
-    return (length - 1.0) - np.abs(np.mod(centres, period) - (length - 1.0))
+    mirrored: np.ndarray = (length - 1.0) - np.abs(np.mod(centres, period) - (length - 1.0))
+    return mirrored
 
 
 def _read(layer: _Layer, x: torch.Tensor, y: torch.Tensor, mode: str) -> torch.Tensor:

@@ -23,10 +23,11 @@ import re
 import torch
 from torch import Tensor
 
+from inference.errors import ModelLoadError
 from inference.stylegan2 import Generator
 
 
-class BlendError(ValueError):
+class BlendError(ModelLoadError):
     """The two models cannot be blended, or the swap resolution does not fit them."""
 
 

@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
+from inference.errors import ModelLoadError
 from inference.settings import FacesSettings
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ _HOG_THRESHOLD = 0.3
 DOWNLOAD_TIMEOUT = 30.0
 
 
-class FaceBackendError(Exception):
+class FaceBackendError(ModelLoadError):
     """A landmark backend that cannot run here; str() says why and what to do."""
 
 
@@ -68,14 +69,17 @@ class SkipProblem(StrEnum):
 
 @dataclass(frozen=True)
 class SkippedFace:
+    """A face left out; bots/texts.py says why in words."""
+
     face: Face
     problem: SkipProblem
-    reason: str
+    limit: int
+    """faces.min_size in pixels (TOO_SMALL) or faces.max_faces (TOO_MANY)."""
 
 
 @dataclass(frozen=True)
 class Detection:
-    """The faces to use, largest first, and the ones left out with a reason a person can read."""
+    """The faces to use, largest first, and the ones left out with the reason why."""
 
     faces: list[Face]
     skipped: list[SkippedFace]
@@ -141,14 +145,9 @@ class FaceDetector:
         skipped: list[SkippedFace] = []
         for face in faces:
             if face.width < self.min_size:
-                reason = (
-                    f"A face {face.width:.0f} px wide is too small "
-                    f"(at least {self.min_size} px are needed)."
-                )
-                skipped.append(SkippedFace(face, SkipProblem.TOO_SMALL, reason))
+                skipped.append(SkippedFace(face, SkipProblem.TOO_SMALL, self.min_size))
             elif len(used) >= self.max_faces:
-                reason = f"Only the {self.max_faces} largest faces of a photo are used."
-                skipped.append(SkippedFace(face, SkipProblem.TOO_MANY, reason))
+                skipped.append(SkippedFace(face, SkipProblem.TOO_MANY, self.max_faces))
             else:
                 used.append(face)
         return Detection(used, skipped)
@@ -176,7 +175,7 @@ def make_backend(name: str, device: str = "auto") -> LandmarkBackend:
     if name == "face-alignment":
         return FanBackend(device)
     if name != "auto":
-        raise ValueError(f"unknown face backend {name!r}")
+        raise FaceBackendError(f"unknown face backend {name!r}: dlib, face-alignment or auto")
     try:
         return FanBackend(device)
     except FaceBackendError as exc:

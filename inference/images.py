@@ -1,7 +1,8 @@
 """Turn the bytes people send into an upright RGB picture, refusing what we cannot safely decode.
 
 Limits are checked on what the header declares, before any pixel is decoded, so a small file
-that claims billions of pixels (a decompression bomb) costs nothing but a typed refusal.
+that claims billions of pixels (a decompression bomb) costs nothing but a typed refusal; the
+words for each refusal are in bots/texts.py.
 """
 
 from __future__ import annotations
@@ -9,19 +10,20 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
 import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from inference.errors import InferenceError
 from inference.settings import LimitsSettings
 
 pillow_heif.register_heif_opener()
 
 # Pillow's names for the formats we accept (MPO: JPEGs from cameras that carry several pictures).
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "HEIF", "AVIF", "GIF"})
-_ACCEPTED_NAMES = "JPEG, PNG, WebP, HEIC/HEIF, AVIF or GIF"
 # Progressive JPEGs from cameras and browsers have about a dozen scans; every scan makes the
 # decoder pass over the whole picture again, so thousands of them take minutes to decode.
 MAX_JPEG_SCANS = 100
@@ -35,6 +37,7 @@ _WHITE = (255, 255, 255)
 
 class ImageProblem(StrEnum):
     EMPTY = "empty"
+    NO_PIXELS = "no_pixels"
     TOO_MANY_BYTES = "too_many_bytes"
     TOO_MANY_PIXELS = "too_many_pixels"
     TOO_COMPLEX = "too_complex"
@@ -43,42 +46,48 @@ class ImageProblem(StrEnum):
     DAMAGED = "damaged"
 
 
-class ImageError(Exception):
-    """An image we refuse; `problem` is for code, str() is a reason a person can read."""
+@dataclass(frozen=True)
+class ImageFacts:
+    """What a refusal can name: each problem fills the fields it is about."""
 
-    def __init__(self, problem: ImageProblem, reason: str) -> None:
-        super().__init__(reason)
+    found: int | None = None
+    """TOO_MANY_BYTES: the file's bytes; TOO_MANY_PIXELS: its pixels (None for a bomb)."""
+    limit: int | None = None
+    """The limit in the same unit (TOO_COMPLEX: scans)."""
+    size: tuple[int, int] | None = None
+    """TOO_MANY_PIXELS: width and height, when the header could be read."""
+    format: str | None = None
+    """UNSUPPORTED_FORMAT: Pillow's name of the format."""
+
+
+class ImageError(InferenceError):
+    """An image we refuse: `problem` and `facts` say why, bots/texts.py says it in words."""
+
+    def __init__(self, problem: ImageProblem, facts: ImageFacts | None = None) -> None:
         self.problem = problem
-        self.reason = reason
+        self.facts = facts or ImageFacts()
+        super().__init__(f"{problem.value} ({self.facts})")
 
-    def __reduce__(self) -> tuple[type[ImageError], tuple[ImageProblem, str]]:
+    def __reduce__(self) -> tuple[type[ImageError], tuple[ImageProblem, ImageFacts]]:
         """Crosses the pipe from a prepare process intact."""
-        return (type(self), (self.problem, self.reason))
+        return (type(self), (self.problem, self.facts))
 
 
 def decode_image(data: bytes, limits: LimitsSettings) -> Image.Image:
     """Decode the first frame of an accepted image into upright RGB (alpha flattened on white)."""
     if not data:
-        raise ImageError(ImageProblem.EMPTY, "The file is empty.")
+        raise ImageError(ImageProblem.EMPTY)
     if len(data) > limits.max_bytes:
-        raise ImageError(
-            ImageProblem.TOO_MANY_BYTES,
-            f"The file is too large ({_mb(len(data))}); the limit is {_mb(limits.max_bytes)}.",
-        )
+        raise ImageError(ImageProblem.TOO_MANY_BYTES, ImageFacts(len(data), limits.max_bytes))
     image = _open(data)
     _check_header(image, limits)
     if image.format in ("JPEG", "MPO") and jpeg_scans(data, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
-        raise ImageError(
-            ImageProblem.TOO_COMPLEX,
-            f"The image is stored in more than {MAX_JPEG_SCANS} passes, too many to decode.",
-        )
+        raise ImageError(ImageProblem.TOO_COMPLEX, ImageFacts(limit=MAX_JPEG_SCANS))
     try:
         image.load()
         upright = ImageOps.exif_transpose(image)
     except Exception as exc:  # Pillow's decoders raise many types for damaged data.
-        raise ImageError(
-            ImageProblem.DAMAGED, "The image is damaged or incomplete and cannot be read."
-        ) from exc
+        raise ImageError(ImageProblem.DAMAGED) from exc
     return to_rgb(upright)
 
 
@@ -92,35 +101,22 @@ def _open(data: bytes) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ImageError(
-            ImageProblem.TOO_MANY_PIXELS, "The image has far too many pixels to be processed."
-        ) from exc
+        raise ImageError(ImageProblem.TOO_MANY_PIXELS) from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(
-            ImageProblem.NOT_AN_IMAGE,
-            f"This file is not an image I can read; send a {_ACCEPTED_NAMES} picture.",
-        ) from exc
+        raise ImageError(ImageProblem.NOT_AN_IMAGE) from exc
     except Exception as exc:  # A recognised header that is broken.
-        raise ImageError(
-            ImageProblem.DAMAGED, "The image is damaged or incomplete and cannot be read."
-        ) from exc
+        raise ImageError(ImageProblem.DAMAGED) from exc
 
 
 def _check_header(image: Image.Image, limits: LimitsSettings) -> None:
     if image.format not in ACCEPTED_FORMATS:
-        raise ImageError(
-            ImageProblem.UNSUPPORTED_FORMAT,
-            f"{image.format} images are not supported; send a {_ACCEPTED_NAMES} picture.",
-        )
+        raise ImageError(ImageProblem.UNSUPPORTED_FORMAT, ImageFacts(format=image.format))
     width, height = image.size
     if width < 1 or height < 1:
-        raise ImageError(ImageProblem.DAMAGED, "The image has no pixels.")
+        raise ImageError(ImageProblem.NO_PIXELS)
     if width * height > limits.max_pixels:
-        raise ImageError(
-            ImageProblem.TOO_MANY_PIXELS,
-            f"The image is too large ({width}x{height} = {width * height / 1e6:.0f} MP); "
-            f"the limit is {limits.max_pixels / 1e6:.0f} MP.",
-        )
+        facts = ImageFacts(width * height, limits.max_pixels, size=(width, height))
+        raise ImageError(ImageProblem.TOO_MANY_PIXELS, facts)
 
 
 def jpeg_scans(data: bytes, limit: int) -> int:
@@ -175,7 +171,3 @@ def encode_jpeg(image: Image.Image | np.ndarray, quality: int = 90) -> bytes:
     out = io.BytesIO()
     to_rgb(picture).save(out, "JPEG", quality=quality, optimize=True)
     return out.getvalue()
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.1f} MB"

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F  # noqa: N812 (the PyTorch convention)
 
+from inference.errors import Cancelled, ModelLoadError
+from inference.stages import ProgressFn, Stage, StopFn
 from inference.stylegan2 import Generator
 
 VGG16_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt"
@@ -39,19 +41,12 @@ NOISE_REGULARISATION = 1e5
 PERCEPTUAL_SIZE = 256
 PIXEL_MIN_SIZE = 16
 
-ProgressFn = Callable[[str, int, int], None]
-StopFn = Callable[[], bool]
 
-
-class Cancelled(Exception):
-    """The caller asked to stop; raised between two optimisation steps."""
-
-
-class PerceptualModelError(RuntimeError):
+class PerceptualModelError(ModelLoadError):
     """vgg16.pt is there but is not NVIDIA's network (damaged, cut short, another file)."""
 
 
-class PerceptualModelMissingError(FileNotFoundError):
+class PerceptualModelMissingError(ModelLoadError):
     """NVIDIA's vgg16.pt is not where the configuration says; the message says how to get it."""
 
     def __init__(self, path: Path) -> None:
@@ -109,7 +104,7 @@ def load_perceptual(path: Path, device: torch.device | str = "cpu") -> torch.jit
         with warnings.catch_warnings():
             # TorchScript is deprecated, but it is the only form NVIDIA publishes this network in.
             warnings.simplefilter("ignore", DeprecationWarning)
-            vgg = torch.jit.load(str(path), map_location=device).eval()
+            vgg: torch.jit.ScriptModule = torch.jit.load(str(path), map_location=device).eval()
         with torch.no_grad():  # the call inversion makes, on a tiny picture
             grey = torch.full((1, 3, 32, 32), 128.0, device=device)
             vgg(grey, resize_images=False, return_lpips=True)
@@ -272,7 +267,7 @@ def invert(
                 noise -= noise.mean(dim=(1, 2, 3), keepdim=True)
                 noise *= noise.square().mean(dim=(1, 2, 3), keepdim=True).rsqrt()
         if progress is not None:
-            progress("invert", step + 1, steps)
+            progress(Stage.INVERT, step + 1, steps)
 
     return Inversion(
         ws=w_opt.detach().float().cpu(),

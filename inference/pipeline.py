@@ -3,6 +3,8 @@
 Decode, detect and align the faces (FFHQ framing), find each face's W+ code in the FFHQ
 generator, render that code with a blended model (toon structure, FFHQ texture) and paste the
 result back. Synchronous and single-threaded by design: the worker calls it from one thread.
+Typed values travel between the steps: `Prepared` (prepare.py) -> `Latents` -> `Finished`,
+which holds everything a re-render (another style or strength) needs.
 
 `models.dtype` float16/bfloat16 only changes rendering, and only its top four resolutions (see
 inference/stylegan2.py); inversion always runs in float32. A render that comes out non-finite
@@ -22,19 +24,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from inference.align import AlignedFace, paste_back
-from inference.blend import BlendError, blend
-from inference.checkpoints import CheckpointError
+from inference.align import paste_back
+from inference.blend import blend
+from inference.devices import resolve_device
 from inference.encoder_checkpoints import load_encoder, load_psp_style
-from inference.encoders import FaceEncoder
-from inference.faces import FaceBackendError, FaceDetector, make_detector
+from inference.encoders import EncoderFormatError, FaceEncoder
+from inference.errors import InferenceError
+from inference.faces import FaceDetector, SkippedFace, make_detector
 from inference.invert import (
-    Cancelled,
     Distance,
-    PerceptualModelError,
-    PerceptualModelMissingError,
-    ProgressFn,
-    StopFn,
     invert,
     load_perceptual,
     perceptual_distance,
@@ -43,8 +41,8 @@ from inference.invert import (
     warm_up_optimiser,
 )
 from inference.invert_plan import method_steps, resolve_method
-from inference.model_store import ModelStore, ModelStoreError
-from inference.prepare import NoFace, Prepared, prepare_photo, timed
+from inference.model_store import ModelStore
+from inference.prepare import Prepared, prepare_photo, timed
 from inference.settings import (
     FacesSettings,
     InvertSettings,
@@ -52,38 +50,25 @@ from inference.settings import (
     ModelsSettings,
     StyleSettings,
 )
+from inference.stages import ProgressFn, Stage, StopFn
 from inference.stylegan2 import Generator
-
-__all__ = [
-    "Cancelled",
-    "Latents",
-    "NoFace",
-    "NonFinite",
-    "Prepared",
-    "ProgressFn",
-    "Result",
-    "StopFn",
-    "StyleInfo",
-    "Toonifier",
-]
-
 
 log = logging.getLogger(__name__)
 
-# What loading the configured models can fail with; each message tells the operator the fix.
-MODEL_LOAD_ERRORS = (
-    PerceptualModelError,
-    PerceptualModelMissingError,
-    ModelStoreError,
-    CheckpointError,
-    BlendError,
-    FaceBackendError,
-    ValueError,
-)
 
-
-class NonFinite(Exception):
+class NonFinite(InferenceError):
     """The models gave NaN or infinity for a face: its codes, or its image even in float32."""
+
+
+class BadChoice(InferenceError):
+    """A style this Toonifier does not render, or a strength its style does not have."""
+
+    def __init__(self, style: str, strength: int | None = None) -> None:
+        asked = f"style {style!r}" if strength is None else f"style {style!r}, strength {strength}"
+        super().__init__(asked)
+        self.style = style
+        self.strength = strength
+        """None: the style itself is unknown."""
 
 
 class ToonifierConfig(Protocol):
@@ -119,44 +104,21 @@ class Latents:
     noises: list[torch.Tensor] | None = None
 
 
-@dataclass
-class Result:
-    photo: Image.Image
-    faces: list[Image.Image]
+@dataclass(frozen=True)
+class Finished:
+    """A rendered job, and everything a re-render of it needs (what the worker caches)."""
+
+    source: Prepared  # the photo, its aligned faces and the faces left out
     latents: Latents
     style: str
     strength: int
-    skipped: list[str]
-    timings: dict[str, float]
+    photo: Image.Image  # the toon faces pasted back into the photo
+    faces: list[Image.Image]  # the toon faces, aligned
+    timings: dict[str, float]  # seconds per stage, preparation included
 
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` means CUDA when this machine has it, else the CPU; ValueError for a device this
-    machine does not have."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if problem := device_problem(name):
-        raise ValueError(f"models.device {name!r}: {problem}")
-    return torch.device(name)
-
-
-def device_problem(name: str) -> str | None:
-    """Why `name` (a models.device value) cannot be used here, with the fix; None if it can."""
-    if name == "auto":
-        return None
-    fix = 'set models.device = "cpu" (or "auto")'
-    device = torch.device(name)
-    if device.type == "cuda":
-        if torch.version.cuda is None:
-            return f"this PyTorch is a CPU-only build: {fix}, or install a CUDA build (TORCH_SPEC)"
-        count = torch.cuda.device_count()
-        if count == 0:
-            return f"no CUDA GPU is visible: {fix}, or check the driver and CUDA_VISIBLE_DEVICES"
-        if (device.index or 0) >= count:
-            return f"there are {count} CUDA GPU(s), numbered from 0: {fix} or a smaller number"
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        return f"Apple's MPS is not available on this machine: {fix}"
-    return None
+    @property
+    def skipped(self) -> list[SkippedFace]:
+        return self.source.skipped
 
 
 def to_tensor(images: Sequence[Image.Image], device: torch.device) -> torch.Tensor:
@@ -189,7 +151,7 @@ def prepare_blends(
 
 
 class Toonifier:
-    """Every model loaded once; prepare/invert/finish/render run on the caller's thread."""
+    """Every model loaded once; prepare/invert/finish/rerender run on the caller's thread."""
 
     def __init__(
         self,
@@ -311,7 +273,7 @@ class Toonifier:
         if encoded is not None and self.steps == 0:
             found_ws = encoded.float().cpu()
             if progress is not None:
-                progress("invert", 1, 1)
+                progress(Stage.INVERT, 1, 1)
         else:
             found_ws = invert(
                 self.face,
@@ -335,28 +297,14 @@ class Toonifier:
         latents: Latents,
         style: str | None = None,
         strength: int | None = None,
-    ) -> Result:
-        """Render the codes with the blended model and paste the toon faces back."""
-        result = self.render(prepared.photo, prepared.faces, latents, style, strength)
-        result.skipped = list(prepared.skipped)
-        result.timings = {**prepared.timings, **result.timings}
-        return result
-
-    def render(
-        self,
-        photo: Image.Image,
-        faces: Sequence[AlignedFace],
-        latents: Latents,
-        style: str | None = None,
-        strength: int | None = None,
-    ) -> Result:
-        """Re-render cached codes with any prepared style and strength: one generator pass.
-
-        A pSp style encodes the aligned faces into its own model instead (one more pass).
-        Raises NonFinite rather than render NaN or infinity as black or white pixels."""
+    ) -> Finished:
+        """Render the codes with the blended model (one generator pass) and paste the toon
+        faces back. A pSp style encodes the aligned faces into its own model instead (one more
+        pass). Raises NonFinite rather than render NaN or infinity as black or white pixels."""
         style, strength = self.pick(style, strength)
         model = self.blends[style][strength]
-        timings: dict[str, float] = {}
+        faces = prepared.faces
+        timings = dict(prepared.timings)
         with timed(timings, "render"), torch.no_grad():
             ws = latents.ws
             if style in self.style_encoders:
@@ -364,9 +312,15 @@ class Toonifier:
             toons = to_images(self._synthesise(model, ws.to(self.device), f"{style}/{strength}"))
         with timed(timings, "paste"):
             pasted = paste_back(
-                photo, [(toon, face.quad) for toon, face in zip(toons, faces, strict=True)]
+                prepared.photo, [(toon, face.quad) for toon, face in zip(toons, faces, strict=True)]
             )
-        return Result(pasted, toons, latents, style, strength, [], timings)
+        return Finished(prepared, latents, style, strength, pasted, toons, timings)
+
+    def rerender(self, finished: Finished, style: str, strength: int) -> Finished:
+        """The same faces in another style or strength from their cached codes."""
+        if (style, strength) == (finished.style, finished.strength):
+            return finished
+        return self.finish(finished.source, finished.latents, style, strength)
 
     def _synthesise(self, model: Generator, ws: torch.Tensor, what: str) -> torch.Tensor:
         """Images of finite codes, in self.dtype, or again in float32 if that overflowed."""
@@ -389,38 +343,38 @@ class Toonifier:
         strength: int | None = None,
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
-    ) -> Result:
+    ) -> Finished:
         """prepare + invert + finish in one call, reporting each stage to `progress`."""
         self.pick(style, strength)
         if progress is not None:
-            progress("detect", 0, 1)
+            progress(Stage.DETECT, 0, 1)
         prepared = self.prepare(image)
         if progress is not None:
-            progress("detect", 1, 1)
+            progress(Stage.DETECT, 1, 1)
         (latents,) = self.invert([prepared], progress, should_stop)
         if progress is not None:
-            progress("render", 0, 1)
-        result = self.finish(prepared, latents, style, strength)
+            progress(Stage.RENDER, 0, 1)
+        finished = self.finish(prepared, latents, style, strength)
         if progress is not None:
-            progress("render", 1, 1)
-        return result
+            progress(Stage.RENDER, 1, 1)
+        return finished
 
     def pick(self, style: str | None, strength: int | None) -> tuple[str, int]:
-        """The style and strength to use: the defaults for None, a ValueError for unknown ones."""
+        """The style and strength to use: the defaults for None, BadChoice for unknown ones."""
         name = style or self.default_style
         info = self.styles.get(name)
         if info is None:
-            raise ValueError(f"unknown style {name!r}; styles: {', '.join(self.styles)}")
+            raise BadChoice(name)
         chosen = info.default_strength if strength is None else strength
         if chosen not in info.strengths:
-            raise ValueError(f"style {name!r} has strengths {info.strengths}, not {chosen}")
+            raise BadChoice(name, chosen)
         return name, chosen
 
 
 def _check_fits(encoder: FaceEncoder, generator: Generator, what: str) -> None:
     """An encoder's codes only mean something to the generator it was trained with."""
     if (encoder.num_ws, encoder.w_dim) != (generator.num_ws, generator.w_dim):
-        raise ValueError(
+        raise EncoderFormatError(
             f"{what} gives {encoder.num_ws} codes of {encoder.w_dim}, but the generator takes "
             f"{generator.num_ws} of {generator.w_dim}"
         )

@@ -15,20 +15,20 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from inference.align import AlignedFace, align_face
-from inference.faces import FaceDetector
+from inference.errors import InferenceError
+from inference.faces import FaceDetector, SkippedFace
 from inference.images import decode_image
 from inference.settings import LimitsSettings
 
 
-class NoFace(Exception):
-    """No face in the photo that can be used; `reason` is for the person who sent it."""
+class NoFace(InferenceError):
+    """No face in the photo that can be used; `skipped` are the faces found but left out."""
 
-    def __init__(self, skipped: Sequence[str]) -> None:
+    def __init__(self, skipped: Sequence[SkippedFace]) -> None:
         self.skipped = list(skipped)
-        self.reason = " ".join(["I could not find a face I can use in this photo.", *skipped])
-        super().__init__(self.reason)
+        super().__init__(f"no usable face ({len(self.skipped)} left out)")
 
-    def __reduce__(self) -> tuple[type[NoFace], tuple[list[str]]]:
+    def __reduce__(self) -> tuple[type[NoFace], tuple[list[SkippedFace]]]:
         """Crosses the pipe from a prepare process intact."""
         return (type(self), (self.skipped,))
 
@@ -39,7 +39,7 @@ class Prepared:
 
     photo: Image.Image
     faces: list[AlignedFace]
-    skipped: list[str]
+    skipped: list[SkippedFace]
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -62,9 +62,8 @@ def prepare_photo(
         photo = decode_image(image, limits)
     with timed(timings, "detect"):
         detection = detector.detect(photo)
-    skipped = [s.reason for s in detection.skipped]
     if not detection.faces:
-        raise NoFace(skipped)
+        raise NoFace(detection.skipped)
     with timed(timings, "align"):
         faces = [align_face(photo, f.landmarks, resolution) for f in detection.faces]
-    return Prepared(photo, faces, skipped, timings)
+    return Prepared(photo, faces, detection.skipped, timings)

@@ -34,6 +34,7 @@ from multiprocessing.connection import Connection
 
 import torch
 
+from inference.errors import InferenceError, ShuttingDown
 from inference.faces import FaceDetector, make_detector
 from inference.images import ImageError
 from inference.prepare import NoFace, Prepared, prepare_photo
@@ -48,15 +49,15 @@ RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 _CHILD = "import sys; from inference.prepare_pool import serve; serve(int(sys.argv[1]))"
 
 
-class PrepareTimeout(Exception):
+class PrepareTimeout(InferenceError):
     """The photo took longer than the budget; its process was killed and replaced."""
 
 
-class PrepareCrashed(Exception):
+class PrepareCrashed(InferenceError):
     """The process died while preparing this photo (a native crash, the OOM killer, a kill)."""
 
 
-class PrepareFailed(Exception):
+class PrepareFailed(InferenceError):
     """An unexpected error inside a prepare process; `details` is its traceback there."""
 
     def __init__(self, summary: str, details: str) -> None:
@@ -67,11 +68,7 @@ class PrepareFailed(Exception):
         return (type(self), (str(self), self.details))
 
 
-class PoolClosed(Exception):
-    """The pool stopped before the photo was prepared."""
-
-
-class PoolStartError(Exception):
+class PoolStartError(InferenceError):
     """A prepare process could not start; str() says why."""
 
 
@@ -159,16 +156,16 @@ class PreparePool:
 
     async def prepare(self, image: bytes) -> Prepared:
         """Decode, detect and align in a prepare process; raises what prepare_photo raises,
-        PrepareTimeout, PrepareCrashed, PrepareFailed or PoolClosed."""
+        PrepareTimeout, PrepareCrashed, PrepareFailed or ShuttingDown."""
         if self._closing.is_set():
-            raise PoolClosed
+            raise ShuttingDown
         loop = asyncio.get_running_loop()
         request = _Request(image, loop.create_future(), loop)
         self._requests.put(request)
         return await request.future
 
     async def stop(self) -> None:
-        """Kill every process; photos still waiting or in preparation end in PoolClosed."""
+        """Kill every process; photos still waiting or in preparation end in ShuttingDown."""
         self._closing.set()
         for _ in self._keepers:
             self._requests.put(None)
@@ -184,7 +181,7 @@ class PreparePool:
             except queue.Empty:
                 break
             if request is not None:
-                request.settle(PoolClosed())
+                request.settle(ShuttingDown())
 
     # -- keeper threads ------------------------------------------------------------------------
 
@@ -204,12 +201,12 @@ class PreparePool:
                 continue
             conn = self._deliver(index, conn, request.image)
             if conn is None:
-                request.settle(PoolClosed() if self._closing.is_set() else PrepareCrashed())
+                request.settle(ShuttingDown() if self._closing.is_set() else PrepareCrashed())
                 continue
             outcome, healthy = self._await(index, conn)
             if not healthy:
                 self._retire(index)
-            request.settle(PoolClosed() if self._closing.is_set() else outcome)
+            request.settle(ShuttingDown() if self._closing.is_set() else outcome)
             if not healthy:
                 conn = self._relaunch(index)
         self._retire(index)

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch._utils
 
+from inference.errors import InferenceError
+
 Allowed = Mapping[tuple[str, str], Any]
 Extra = Allowed | Iterable[Any]
 
@@ -31,7 +33,7 @@ ZIP_MAGIC = b"PK\x03\x04"
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(InferenceError, pickle.UnpicklingError):
     """The pickle names a global outside the allow-list; nothing it names was called."""
 
     def __init__(self, module: str, name: str) -> None:
@@ -41,7 +43,8 @@ class UnsafePickleError(pickle.UnpicklingError):
 
 def _numpy_multiarray() -> types.ModuleType:
     core = getattr(np, "_core", None) or np.core
-    return core.multiarray
+    multiarray: types.ModuleType = core.multiarray
+    return multiarray
 
 
 def _storage_from_bytes(data: bytes) -> Any:
@@ -96,7 +99,8 @@ def allow_list(extra: Extra = ()) -> dict[tuple[str, str], Any]:
     if isinstance(extra, Mapping):
         allowed.update(extra)
     else:
-        allowed.update({(obj.__module__, obj.__qualname__): obj for obj in extra})
+        objects: Iterable[Any] = extra
+        allowed.update({(obj.__module__, obj.__qualname__): obj for obj in objects})
     return allowed
 
 

@@ -50,9 +50,9 @@ def parse_quota(text: str) -> UserQuota:
         raise InvalidQuotaError(text, USER_WORDS) from None
 
 
-def _checked(daily: object, words: tuple[str, ...]) -> Any:
+def _checked(daily: object, words: tuple[str, ...]) -> UserQuota:
     if isinstance(daily, str) and daily in words:
-        return daily
+        return cast(UserQuota, daily)
     if isinstance(daily, int) and not isinstance(daily, bool) and daily >= 0:
         return daily
     raise InvalidQuotaError(daily, words)

@@ -16,7 +16,7 @@ from storage.records import UNFINISHED, JobRecord, JobStatus, UserRef
 FAILURE_LENGTH = 512
 
 
-def _records() -> Select[Any]:
+def _records() -> Select[Job, str, str]:
     return select(Job, User.platform, User.platform_user_id).join(User, Job.user_id == User.id)
 
 
@@ -53,6 +53,13 @@ class Jobs:
         async with self._sessions.begin() as session:
             row = (await session.execute(_records().where(Job.id == job_id))).one_or_none()
             return None if row is None else _record(row)
+
+    async def ids_of(self, user: UserRef) -> list[str]:
+        """Every job id of `user`, whatever its status: what /forget also drops from memory."""
+        query = select(Job.id).join(User, Job.user_id == User.id)
+        query = query.where(User.platform == user.platform, User.platform_user_id == user.id)
+        async with self._sessions.begin() as session:
+            return list((await session.scalars(query)).all())
 
     async def unfinished_jobs(self, platform: str | None = None) -> list[JobRecord]:
         """Queued, running and delivering jobs, oldest first: what a restart must resume."""

@@ -23,10 +23,10 @@ from storage.records import (
     Admitted,
     Allowance,
     Decision,
+    DenialReason,
+    Denied,
     JobStatus,
     NewJob,
-    Refusal,
-    Refused,
     UserRef,
 )
 from storage.settings import QuotaSettings
@@ -83,7 +83,7 @@ class Quotas:
         if job.key is not None and await _admitted_before(session, job.key):
             state = await _state(session, job.user)
             quota = self._allowance_of(state, default, window, now)
-            return Refused(Refusal.DUPLICATE, quota, None)
+            return Denied(DenialReason.DUPLICATE, quota, None)
         charge = (
             update(User)
             .where(by_ref(job.user), *self._admissible(used_today, default, now))
@@ -99,7 +99,7 @@ class Quotas:
         )
         row = await _gate(session, charge, job.user, job.display_name, now)
         if row is None:
-            return await self._refusal(session, job.user, default, window, now)
+            return await self._denial(session, job.user, default, window, now)
         job_id = await _add_job(session, row.id, job, window, now)
         limit = effective_limit(row.unlimited, row.daily_limit, default)
         return Admitted(job_id, allowance(limit, row.used, window, now))
@@ -120,11 +120,11 @@ class Quotas:
             )
         return checks
 
-    async def rerender(self, user: UserRef) -> Refused | None:
+    async def rerender(self, user: UserRef) -> Denied | None:
         """Count a re-render if `user` is within `rerenders_per_minute`; None when it may run.
 
         Never charged against the quota. The generic cell rate algorithm: a burst of N, then
-        one every 60/N seconds. Refused: RATE (retry_after) or BANNED.
+        one every 60/N seconds. Denied: RATE (retry_after) or BANNED.
         """
         now = self._clock()
         clock = now.timestamp()
@@ -152,7 +152,7 @@ class Quotas:
                 return None
             window = DailyWindow.at(now, self._zone)
             default = self._policy.daily
-            return await self._refusal(session, user, default, window, now, latest_allowed)
+            return await self._denial(session, user, default, window, now, latest_allowed)
 
     async def is_banned(self, user: UserRef) -> bool:
         """For a check before downloading anything; `consume` checks again."""
@@ -193,7 +193,7 @@ class Quotas:
         limit = effective_limit(state.unlimited, state.daily_limit, default)
         return allowance(limit, used, window, now)
 
-    async def _refusal(
+    async def _denial(
         self,
         session: AsyncSession,
         user: UserRef,
@@ -201,21 +201,21 @@ class Quotas:
         window: DailyWindow,
         now: datetime,
         rerender_latest: float | None = None,
-    ) -> Refused:
+    ) -> Denied:
         """Why the conditional UPDATE matched nothing, most lasting reason first."""
         state = await _state(session, user)
         quota = self._allowance_of(state, default, window, now)
         if state.banned:
-            return Refused(Refusal.BANNED, quota, None)
+            return Denied(DenialReason.BANNED, quota, None)
         if rerender_latest is not None:
             wait = timedelta(seconds=state.rerender_tat - rerender_latest)
-            return Refused(Refusal.RATE, quota, wait)
+            return Denied(DenialReason.RATE, quota, wait)
         if quota.remaining == 0:
-            return Refused(Refusal.QUOTA, quota, quota.resets_in)
+            return Denied(DenialReason.QUOTA, quota, quota.resets_in)
         if state.in_flight >= self._policy.max_in_flight:
-            return Refused(Refusal.IN_FLIGHT, quota, None)
+            return Denied(DenialReason.IN_FLIGHT, quota, None)
         cooldown_end = state.last_request_at + timedelta(seconds=self._policy.cooldown)
-        return Refused(Refusal.COOLDOWN, quota, cooldown_end - now)
+        return Denied(DenialReason.COOLDOWN, quota, cooldown_end - now)
 
 
 async def _gate(

@@ -129,7 +129,7 @@ class Allowance:
         return None if self.limit is None else max(self.limit - self.used, 0)
 
 
-class Refusal(StrEnum):
+class DenialReason(StrEnum):
     BANNED = "banned"
     QUOTA = "quota"
     IN_FLIGHT = "in_flight"
@@ -149,16 +149,16 @@ class Admitted:
 
 
 @dataclass(frozen=True, slots=True)
-class Refused:
+class Denied:
     """Nothing was charged and no job was created."""
 
-    reason: Refusal
+    reason: DenialReason
     allowance: Allowance
     retry_after: timedelta | None
     """COOLDOWN and RATE: wait this long; QUOTA: until the reset; others: None."""
 
 
-Decision = Admitted | Refused
+Decision = Admitted | Denied
 
 QuotaSource = Literal["default", "user", "unlimited"]
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, cast
 
-from sqlalchemy import delete, update
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy import CursorResult, delete, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.sql import Executable
 
 from storage.admin import Admin
 from storage.clock import Clock, utc_now
@@ -70,30 +71,38 @@ class Store:
         This also clears their quota, usage and any ban. False if nothing was stored.
         """
         async with self._sessions.begin() as session:
-            targeted = await session.execute(
+            targeted = await _changed(
+                session,
                 delete(AuditRow)
                 .where(AuditRow.target == str(user))
-                .execution_options(synchronize_session=False)
+                .execution_options(synchronize_session=False),
             )
-            acted = await session.execute(
+            acted = await _changed(
+                session,
                 update(AuditRow)
                 .where(AuditRow.actor == str(user))
                 .values(actor=FORGOTTEN_ACTOR)
-                .execution_options(synchronize_session=False)
+                .execution_options(synchronize_session=False),
             )
             user_id = await find_user_id(session, user)
             if user_id is not None:
                 await session.execute(delete(Job).where(Job.user_id == user_id))
                 await session.execute(delete(User).where(User.id == user_id))
-            return user_id is not None or bool(targeted.rowcount or acted.rowcount)
+            return user_id is not None or bool(targeted or acted)
 
     async def purge_old_jobs(self, retention_days: int) -> int:
         """Delete finished jobs older than `retention_days`; unfinished ones are kept."""
         cutoff = self._clock() - timedelta(days=retention_days)
         async with self._sessions.begin() as session:
-            purged = await session.execute(
+            return await _changed(
+                session,
                 delete(Job)
                 .where(Job.status.not_in(UNFINISHED), Job.finished_at < cutoff)
-                .execution_options(synchronize_session=False)
+                .execution_options(synchronize_session=False),
             )
-            return purged.rowcount
+
+
+async def _changed(session: AsyncSession, statement: Executable) -> int:
+    """The rows a DELETE or UPDATE touched."""
+    result = cast(CursorResult[Any], await session.execute(statement))
+    return result.rowcount

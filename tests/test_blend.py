@@ -6,8 +6,9 @@ import re
 import pytest
 import torch
 
+from inference.architecture import Architecture
 from inference.blend import BlendError, blend, texture_weight
-from inference.stylegan2 import Architecture, Generator
+from inference.stylegan2 import Generator
 from tests.support.tiny_models import random_ws, render, tiny_generator
 
 

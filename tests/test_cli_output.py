@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from bots.cli import app
 from bots.cli.photo import _compose
 from inference.align import AlignedFace
-from inference.pipeline import Latents, Prepared, Result
+from inference.pipeline import Finished, Latents
+from inference.prepare import Prepared
 from tests.support.tiny_toonify import write_tiny_models
 
 
@@ -92,8 +93,8 @@ def test_faces_only_side_by_side_puts_the_toons_below_the_originals() -> None:
     face = AlignedFace(original, np.zeros((4, 2)))
     prepared = Prepared(original, [face, face], [])
     latents = Latents(ws=np.zeros(0))  # type: ignore[arg-type]
-    result = Result(toon, [toon, toon], latents, "toon", 32, [], {})
-    sheet = np.asarray(_compose(prepared, result, side_by_side=True, faces_only=True))
+    finished = Finished(prepared, latents, "toon", 32, toon, [toon, toon], {})
+    sheet = np.asarray(_compose(finished, side_by_side=True, faces_only=True))
     assert sheet.shape == (16, 16, 3)
     assert (sheet[:8] == [255, 0, 0]).all()
     assert (sheet[8:] == [0, 0, 255]).all()

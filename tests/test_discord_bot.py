@@ -257,7 +257,7 @@ async def test_a_strength_the_style_lacks_is_refused(
     interaction = await _toonify(fake, fake.add_user("ivy"), style="arcane", strength=strengths[0])
 
     refusal = await _refusal(fake, interaction)
-    assert refusal.content == texts.discord_bad_strength(strengths[0], "Arcane", strengths[1:])
+    assert refusal.content == texts.bad_strength(strengths[0], "Arcane", strengths[1:])
 
 
 async def test_a_strength_a_one_rendering_style_lacks_is_refused_clearly(

@@ -22,9 +22,10 @@ from inference.encoder_checkpoints import (
     read_encoder_checkpoint,
     save_encoder,
 )
-from inference.encoders import FaceEncoder
+from inference.encoders import EncoderFormatError, FaceEncoder
 from inference.invert import invert, pixel_distance, w_stats
-from inference.pipeline import Prepared, Toonifier, to_images, to_tensor
+from inference.pipeline import Toonifier, to_images, to_tensor
+from inference.prepare import Prepared
 from tests.support.tiny_encoders import tiny_encoder, write_public_checkpoint
 from tests.support.tiny_toonify import tiny_face_generator, tiny_toon_generator, write_tiny_models
 
@@ -137,7 +138,9 @@ def test_encoder_that_does_not_fit_the_face_model_is_refused(
 ) -> None:
     directory, config = models
     save_encoder(tiny_encoder("e4e"), directory / "e4e18.safetensors", source="test")
-    with pytest.raises(ValueError, match="18 codes of 512, but the generator takes 8 of 32"):
+    with pytest.raises(
+        EncoderFormatError, match="18 codes of 512, but the generator takes 8 of 32"
+    ):
         _toonifier(config, method="encoder", encoder="e4e18")
 
 
@@ -158,7 +161,7 @@ def test_psp_style_encodes_straight_into_its_toon_model(
         expected = to_images(decoder.synthesis(ws, noise_mode="const"))
     assert np.array_equal(np.asarray(result.faces[0]), np.asarray(expected[0]))
     assert result.latents is latents, "the FFHQ codes stay cached for the other styles"
-    toon = toonifier.render(prepared.photo, prepared.faces, latents, style="toon")
+    toon = toonifier.rerender(result, "toon", 16)
     assert not np.array_equal(np.asarray(toon.faces[0]), np.asarray(result.faces[0]))
 
 

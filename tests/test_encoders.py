@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from bots.cli import app
+from inference.architecture import Architecture
 from inference.checkpoints import load_generator
 from inference.encoder_checkpoints import (
     decoder_generator,
@@ -27,7 +28,7 @@ from inference.encoders import (
     infer_arch,
 )
 from inference.settings import StyleSettings
-from inference.stylegan2 import Architecture, Generator
+from inference.stylegan2 import Generator
 from tests.support.tiny_encoders import tiny_encoder, write_public_checkpoint
 from tests.support.tiny_models import tiny_generator
 

@@ -15,6 +15,7 @@ from skimage import data
 from typer.testing import CliRunner
 
 from bench.faces import sample_photos
+from bots import texts
 from bots.cli import app
 from inference.align import align_face, ffhq_quad
 from inference.faces import (
@@ -107,13 +108,16 @@ def test_limits_skip_faces_with_reasons(dlib_backend: DlibBackend, astronaut: Im
     photo = two_faces(astronaut)
     one = FaceDetector(dlib_backend, max_faces=1, min_size=64).detect(photo)
     assert [f.box[0] < 400 for f in one.faces] == [True]
-    assert [s.problem for s in one.skipped] == [SkipProblem.TOO_MANY]
-    assert "largest" in one.skipped[0].reason
+    assert [(s.problem, s.limit) for s in one.skipped] == [(SkipProblem.TOO_MANY, 1)]
+    assert "Only the 1 largest faces" in texts.skipped_face(one.skipped[0])
 
     picky = FaceDetector(dlib_backend, max_faces=4, min_size=85).detect(photo)
     assert len(picky.faces) == 1
-    assert [s.problem for s in picky.skipped] == [SkipProblem.TOO_SMALL]
-    assert "too small" in picky.skipped[0].reason
+    assert [(s.problem, s.limit) for s in picky.skipped] == [(SkipProblem.TOO_SMALL, 85)]
+    assert picky.skipped[0].face.width < 85
+    words = texts.skipped_face(picky.skipped[0])
+    assert f"A face {picky.skipped[0].face.width:.0f} px wide is too small" in words
+    assert "at least 85 px" in words
 
 
 def test_cat_has_no_face(detector: FaceDetector) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 import struct
 import zlib
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bots import texts
 from inference.images import (
     MAX_JPEG_SCANS,
     ImageError,
@@ -190,14 +192,15 @@ def jpeg() -> bytes:
         "bomb-64mp", "bomb-100mp", "bomb-10gp", "bmp", "tiff",
     ],
 )  # fmt: skip
-def test_bad_input_gets_a_typed_reason(
+def test_bad_input_gets_a_typed_reason_that_texts_put_in_words(
     data: bytes, limits: LimitsSettings, problem: ImageProblem, words: str
 ) -> None:
     with pytest.raises(ImageError) as info:
         decode_image(data, limits)
     assert info.value.problem is problem
-    assert words in str(info.value)
-    assert str(info.value) == info.value.reason
+    assert words in texts.image_problem(info.value)
+    again = pickle.loads(pickle.dumps(info.value))  # as it crosses a prepare process's pipe
+    assert (again.problem, again.facts) == (info.value.problem, info.value.facts)
 
 
 def test_encode_jpeg_round_trips_and_drops_metadata() -> None:

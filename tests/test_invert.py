@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 (the PyTorch convention)
 
+from inference.errors import Cancelled
 from inference.invert import (
-    Cancelled,
     PerceptualModelMissingError,
     invert,
     latent_noise_scale,

@@ -18,10 +18,12 @@ from PIL import Image
 from skimage import data
 
 from bots.config import Settings
+from inference.errors import OutOfMemory
 from inference.invert import Distance, perceptual_distance
 from inference.memory import detach_frames, is_out_of_memory
-from inference.pipeline import Prepared, Toonifier
-from inference.worker import OutOfMemory, Worker
+from inference.pipeline import Finished, Toonifier
+from inference.prepare import Prepared
+from inference.worker import Worker
 from tests.support.tiny_toonify import write_tiny_models
 from tests.support.weak_tensors import Watched
 from tests.test_invert import FakeVgg16
@@ -78,12 +80,25 @@ def prepare(toonifier: Toonifier, faces: int = 1) -> Prepared:
     return toonifier.prepare(jpeg(np.concatenate([data.astronaut()] * faces, axis=1)))
 
 
+class Given:
+    """Photos prepared beforehand; a photo's bytes are its index."""
+
+    def __init__(self, jobs: list[Prepared]) -> None:
+        self.jobs = jobs
+
+    async def prepare(self, image: bytes) -> Prepared:
+        return self.jobs[int(image)]
+
+
 async def run_together(toonifier: Toonifier, jobs: list[Prepared]) -> list[BaseException | Any]:
     """Submit the jobs in one go to a worker that batches them all; their outcomes."""
-    worker = Worker(toonifier, queue_size=10, max_batch=len(jobs))
+    worker = Worker(toonifier, Given(jobs), queue_size=10, max_batch=len(jobs))
     worker.start()
-    futures = [worker.submit(f"job{i}", prepared).future for i, prepared in enumerate(jobs)]
-    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    handles = [
+        await worker.submit(f"job{i}", str(i).encode(), style="toon", strength=16)
+        for i in range(len(jobs))
+    ]
+    outcomes = await asyncio.gather(*(h.finished for h in handles), return_exceptions=True)
     await worker.stop()
     return outcomes
 
@@ -113,7 +128,7 @@ async def test_a_batch_out_of_memory_in_torchscript_is_freed_then_retried_one_by
     watched = Watched(lambda targets: perceptual_distance(vgg, targets))
     monkeypatch.setattr(toonifier, "make_distance", watched)
     outcomes = await run_together(toonifier, [prepare(toonifier) for _ in range(3)])
-    assert all(isinstance(outcome, tuple) for outcome in outcomes), outcomes
+    assert all(isinstance(outcome, Finished) for outcome in outcomes), outcomes
     assert [size for size, _ in watched.batches] == [3, 1, 1, 1]
     failed = watched.batches[0][1]
     assert len(failed) >= 3, "targets, images and the optimised leaves are watched"
@@ -131,7 +146,7 @@ async def test_a_job_that_runs_out_of_memory_alone_fails_alone(
     assert len(two_faces.faces) == 2
     big, small = await run_together(toonifier, [two_faces, one_face])
     assert isinstance(big, OutOfMemory)
-    assert isinstance(small, tuple)
+    assert isinstance(small, Finished)
     assert [size for size, _ in watched.batches] == [3, 2, 1]
     assert watched.alive_at_start == [0, 0, 0]
     assert watched.alive() == 0

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from inference.errors import ShuttingDown
 from inference.images import ImageError, ImageProblem
 from inference.prepare import NoFace
 from inference.prepare_pool import (
-    PoolClosed,
     PoolStartError,
     PrepareCrashed,
     PreparePool,
@@ -106,11 +106,11 @@ async def test_stopping_ends_photos_still_in_preparation(tmp_path: Path) -> None
     stuck = await pid_in(pid_file)
     await pool.stop()
     for task in (held, waiting):
-        with pytest.raises(PoolClosed):
+        with pytest.raises(ShuttingDown):
             await task
     with pytest.raises(ProcessLookupError):
         os.kill(stuck, 0)
-    with pytest.raises(PoolClosed):
+    with pytest.raises(ShuttingDown):
         await pool.prepare(face_jpeg())
 
 

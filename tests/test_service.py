@@ -23,6 +23,7 @@ from bots import texts
 from bots.app import App, Interrupted, serve
 from bots.config import Settings
 from bots.service import RefusalKind, Refused, Requester, ToonService, Upload
+from inference.errors import Expired
 from inference.pipeline import NonFinite, Toonifier
 from inference.prepare_pool import PreparePool, PrepareSpec
 from storage import Admitted, JobStatus, NewJob, Store, UserRef
@@ -38,6 +39,7 @@ from tests.support.service_fixtures import (
     submit,
     tiny_app,
 )
+from tests.support.tiny_toonify import PSP_STYLE, write_psp_style
 
 HANG_BUDGET = 20.0
 
@@ -47,14 +49,10 @@ class Gated:
 
     def __init__(self, toonifier: Toonifier) -> None:
         self.inner = toonifier
-        self.styles = toonifier.styles
-        self.device = toonifier.device
-        self.default_style = toonifier.default_style
-        self.detector = toonifier.detector
-        self.resolution = toonifier.resolution
         self.gate = threading.Event()
         self.gate.set()
         self.inverted = 0
+        self.rerendered = 0
         self.fail_finish = False
 
     def invert(self, batch: list[Any], progress: Any = None, should_stop: Any = None) -> Any:
@@ -68,8 +66,9 @@ class Gated:
             raise RuntimeError("injected fault")
         return self.inner.finish(*args)
 
-    def render(self, *args: Any) -> Any:
-        return self.inner.render(*args)
+    def rerender(self, *args: Any) -> Any:
+        self.rerendered += 1
+        return self.inner.rerender(*args)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +121,7 @@ async def test_fifty_users_each_get_one_toon_in_fifo_order(
     gated = Gated(toonifier)
     gated.gate.clear()
     async with tiny_app(
-        tmp_path, toonifier=gated, worker={"queue_size": 60, "max_batch": 4}
+        tmp_path, toonifier=toonifier, engine=gated, worker={"queue_size": 60, "max_batch": 4}
     ) as app:
         delivered: list[str] = []
 
@@ -157,7 +156,9 @@ async def test_full_queue_says_busy_and_charges_nothing(
 ) -> None:
     gated = Gated(toonifier)
     gated.gate.clear()
-    async with tiny_app(tmp_path, toonifier=gated, worker={"queue_size": 1}) as app:
+    async with tiny_app(
+        tmp_path, toonifier=toonifier, engine=gated, worker={"queue_size": 1}
+    ) as app:
         running, waiting = RecordingReply(), RecordingReply()
         await submit(app, user(1), face_jpeg(), running)
         await until(lambda: not app.worker.full)  # the first job left the queue: it runs
@@ -178,7 +179,7 @@ async def test_our_failure_is_refunded_and_the_next_job_runs(
 ) -> None:
     gated = Gated(toonifier)
     gated.fail_finish = True
-    async with tiny_app(tmp_path, toonifier=gated) as app:
+    async with tiny_app(tmp_path, toonifier=toonifier, engine=gated) as app:
         broken, fine = RecordingReply(), RecordingReply()
         ticket = await submit(app, user(1), face_jpeg(), broken)
         await submit(app, user(2), face_jpeg(), fine)
@@ -210,7 +211,7 @@ async def test_out_of_memory_and_non_finite_get_their_reply_and_are_refunded(
         def finish(self, *args: Any) -> Any:
             raise fault
 
-    async with tiny_app(tmp_path, toonifier=Faulty(toonifier)) as app:
+    async with tiny_app(tmp_path, toonifier=toonifier, engine=Faulty(toonifier)) as app:
         reply = RecordingReply()
         ticket = await submit(app, user(1), face_jpeg(), reply)
         await reply.wait()
@@ -256,7 +257,7 @@ async def test_quota_and_limits(tmp_path: Path, toonifier: Toonifier) -> None:
 async def test_cancel_a_queued_and_a_running_job(tmp_path: Path, toonifier: Toonifier) -> None:
     gated = Gated(toonifier)
     gated.gate.clear()
-    async with tiny_app(tmp_path, toonifier=gated) as app:
+    async with tiny_app(tmp_path, toonifier=toonifier, engine=gated) as app:
         running, queued = RecordingReply(), RecordingReply()
         first = await submit(app, user(1), face_jpeg(), running)
         second = await submit(app, user(2), face_jpeg(), queued)
@@ -270,11 +271,17 @@ async def test_cancel_a_queued_and_a_running_job(tmp_path: Path, toonifier: Toon
         assert running.failures[0].kind == RefusalKind.CANCELLED
         assert gated.inverted <= 1
         assert [await used(app, user(n)) for n in (1, 2)] == [0, 0]
+        rows = [await app.store.jobs.get(ticket.job_id) for ticket in (first, second)]
+        # Only the job whose inference began was ever running.
+        assert [(r.status, r.attempts) for r in rows if r] == [
+            (JobStatus.CANCELLED, 1),
+            (JobStatus.CANCELLED, 0),
+        ]
 
 
 async def test_rerender_without_a_new_inversion(tmp_path: Path, toonifier: Toonifier) -> None:
     gated = Gated(toonifier)
-    async with tiny_app(tmp_path, toonifier=gated) as app:
+    async with tiny_app(tmp_path, toonifier=toonifier, engine=gated) as app:
         reply = RecordingReply()
         ticket = await submit(app, user(), face_jpeg(), reply)
         await reply.wait()
@@ -284,14 +291,65 @@ async def test_rerender_without_a_new_inversion(tmp_path: Path, toonifier: Tooni
         assert reply.toons[0].image != reply.toons[1].image
         assert not reply.toons[1].can_more
         assert reply.toons[2].faces_only
-        assert gated.inverted == 1
+        assert (gated.inverted, gated.rerendered) == (1, 1)  # faces only: nothing drawn again
         assert await used(app, user()) == 1
         with pytest.raises(Refused) as other:
             await app.service.rerender(user(2), ticket.job_id, reply, change="less")
         assert other.value.kind == RefusalKind.NOT_YOURS
+        for change in ("sideways", "style:cubist"):
+            with pytest.raises(Refused) as bad:
+                await app.service.rerender(user(), ticket.job_id, reply, change=change)
+            assert bad.value.kind == RefusalKind.BAD_INPUT
         with pytest.raises(Refused) as expired:
             await app.service.rerender(user(), "unknown", reply, change="less")
         assert expired.value.kind == RefusalKind.EXPIRED
+
+
+async def test_forget_drops_the_toons_kept_for_re_renders(
+    tmp_path: Path, toonifier: Toonifier
+) -> None:
+    async with tiny_app(tmp_path, toonifier=toonifier) as app:
+        reply = RecordingReply()
+        ticket = await submit(app, user(), face_jpeg(), reply)
+        await reply.wait()
+        await app.service.forget(user())
+        with pytest.raises(Refused) as gone:
+            await app.service.rerender(user(), ticket.job_id, reply, change="more")
+        assert gone.value.kind == RefusalKind.EXPIRED
+        with pytest.raises(Expired):  # the photo and its codes left memory too
+            await app.worker.rerender(ticket.job_id, "toon", 32)
+
+
+async def test_a_psp_style_refuses_a_strength_it_lacks_in_words_and_charges_nothing(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "models").mkdir()
+    write_psp_style(tmp_path / "models", resolution=64)  # its one strength: 64
+    async with tiny_app(tmp_path, styles={"psp": PSP_STYLE}) as app:
+        assert app.service.styles["psp"].strengths == [64]
+        words = texts.bad_strength(32, "pSp", [64])
+        with pytest.raises(Refused) as chosen:
+            app.service.choose("psp", 32)
+        assert (chosen.value.kind, chosen.value.text) == (RefusalKind.BAD_INPUT, words)
+        with pytest.raises(Refused) as admitted:
+            await submit(app, user(), face_jpeg(), RecordingReply(), style="psp", strength=32)
+        assert (admitted.value.kind, admitted.value.text) == (RefusalKind.BAD_INPUT, words)
+        assert await used(app, user()) == 0
+
+        reply = RecordingReply()
+        ticket = await submit(app, user(), face_jpeg(), reply, style="psp")
+        await reply.wait()
+        assert [(t.style, t.strength, t.can_less, t.can_more) for t in reply.toons] == [
+            ("psp", 64, False, False)
+        ]
+        for change in ("style:toon", "more", "style:psp", "less"):
+            await app.service.rerender(user(), ticket.job_id, reply, change=change)
+        assert [(t.style, t.strength) for t in reply.toons[1:]] == [
+            ("toon", 16),
+            ("toon", 32),
+            ("psp", 64),
+            ("psp", 64),
+        ]
 
 
 class ScriptedAdapter(Photos):
@@ -342,7 +400,7 @@ async def test_a_stop_keeps_queued_and_preparing_jobs_for_the_next_start(
     gated.gate.clear()
     hold = tmp_path / "hold"
     PHOTOS.update(three=face_jpeg(), gone=face_jpeg())
-    async with tiny_app(tmp_path, toonifier=gated, pool=held_pool(hold)) as app:
+    async with tiny_app(tmp_path, toonifier=toonifier, engine=gated, pool=held_pool(hold)) as app:
         running = RecordingReply()
         await submit(app, user(1), face_jpeg(), running)  # inverting, until the gate opens
         kept = await submit(app, user(2), face_jpeg(), RecordingReply())  # in line
@@ -351,7 +409,7 @@ async def test_a_stop_keeps_queued_and_preparing_jobs_for_the_next_start(
         gone = await admit(app, user(4), "gone", RecordingReply())
         await until(lambda: lines(hold) == 2, timeout=30)  # both in their prepare processes
         stopping = asyncio.create_task(app.stop())
-        await until(lambda: app.worker.waiting == 0)  # the worker stopped taking jobs
+        await until(lambda: app.worker.depth == 1)  # the worker stopped taking jobs
         gated.gate.set()
         await stopping
         assert running.toons  # the running job finished and was delivered

@@ -10,11 +10,11 @@ from sqlalchemy import select
 from storage import (
     AdminInputError,
     Admitted,
+    DenialReason,
+    Denied,
     GroupRef,
     InvalidQuotaError,
     InvalidRefError,
-    Refusal,
-    Refused,
     Store,
     UnknownUserError,
     UserRef,
@@ -58,7 +58,7 @@ async def test_admins_act_on_users_the_bot_has_never_seen(storage: Store) -> Non
     assert banned.banned and banned.user == stranger
     assert (await storage.admin.set_quota(other, 9, actor="telegram:1")).allowance.limit == 9
     refused = await storage.quotas.consume(job(stranger))
-    assert isinstance(refused, Refused) and refused.reason is Refusal.BANNED
+    assert isinstance(refused, Denied) and refused.reason is DenialReason.BANNED
     assert isinstance(await storage.quotas.consume(job(other)), Admitted)
     assert (await storage.admin.show(other)).allowance.used == 1
     entries = {e.target: e for e in await storage.admin.audit_log()}
@@ -100,10 +100,10 @@ async def test_show_set_reset_and_audit(storage: Store, clock: FakeClock) -> Non
 
     # reset: today's toons, the cooldown and a stale in-flight count all start over.
     refused = await storage.quotas.consume(job())
-    assert isinstance(refused, Refused)
-    assert refused.reason is Refusal.IN_FLIGHT
+    assert isinstance(refused, Denied)
+    assert refused.reason is DenialReason.IN_FLIGHT
     await storage.jobs.mark_done(first.job_id)
-    assert (await storage.quotas.consume(job())).reason is Refusal.COOLDOWN  # type: ignore[union-attr]
+    assert (await storage.quotas.consume(job())).reason is DenialReason.COOLDOWN  # type: ignore[union-attr]
     clock.advance(seconds=1)
     status = await storage.admin.reset(ALICE, actor="cli:root")
     assert (status.allowance.used, status.in_flight, status.last_request_at) == (0, 0, None)

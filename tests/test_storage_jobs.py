@@ -4,7 +4,7 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from storage import Admitted, JobStatus, NewJob, Refusal, Refused
+from storage import Admitted, DenialReason, Denied, JobStatus, NewJob, UserRef
 from tests.support.storage_support import ALICE, BOB, FakeClock, job, open_storage
 
 
@@ -43,8 +43,8 @@ async def test_state_and_jobs_survive_reopening(tmp_path: Path) -> None:
         assert [j.id for j in await storage.jobs.unfinished_jobs("discord")] == [third, fourth]
         assert (await storage.quotas.allowance(ALICE)).used == 2
         decision = await storage.quotas.consume(job(BOB))
-        assert isinstance(decision, Refused)
-        assert decision.reason is Refusal.BANNED
+        assert isinstance(decision, Denied)
+        assert decision.reason is DenialReason.BANNED
         assert (await storage.admin.show(ALICE)).display_name == "Alice"
 
 
@@ -121,7 +121,7 @@ async def test_a_request_key_admits_one_job(tmp_path: Path) -> None:
     async with await open_storage(tmp_path, FakeClock()) as storage:
         first = job_id(await storage.quotas.consume(replace(job(), key="telegram:555:7")))
         again = await storage.quotas.consume(replace(job(), key="telegram:555:7"))
-        assert isinstance(again, Refused) and again.reason is Refusal.DUPLICATE
+        assert isinstance(again, Denied) and again.reason is DenialReason.DUPLICATE
         other = await storage.quotas.consume(replace(job(), key="telegram:555:8"))
         assert isinstance(other, Admitted)
         status = await storage.admin.show(ALICE)
@@ -156,3 +156,14 @@ async def test_retention_purges_old_finished_jobs_only(tmp_path: Path) -> None:
         assert await storage.jobs.get(old_stuck) is not None
         assert await storage.jobs.get(recent) is not None
         assert await storage.purge_old_jobs(30) == 0
+
+
+async def test_a_users_job_ids_are_all_of_theirs_and_only_theirs(tmp_path: Path) -> None:
+    async with await open_storage(tmp_path, FakeClock()) as storage:
+        done = job_id(await storage.quotas.consume(job()))
+        await storage.jobs.mark_done(done)
+        queued = job_id(await storage.quotas.consume(job()))
+        bobs = job_id(await storage.quotas.consume(job(BOB)))
+        assert sorted(await storage.jobs.ids_of(ALICE)) == sorted([done, queued])
+        assert await storage.jobs.ids_of(BOB) == [bobs]
+        assert await storage.jobs.ids_of(UserRef("telegram", "nobody")) == []

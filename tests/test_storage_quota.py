@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 
 from storage import (
     Admitted,
+    DenialReason,
+    Denied,
     GroupRef,
-    Refusal,
-    Refused,
     Store,
     UserRef,
 )
@@ -37,8 +37,8 @@ def admitted(decision: object) -> Admitted:
     return decision
 
 
-def refused(decision: object, reason: Refusal) -> Refused:
-    assert isinstance(decision, Refused), decision
+def refused(decision: object, reason: DenialReason) -> Denied:
+    assert isinstance(decision, Denied), decision
     assert decision.reason is reason, decision
     return decision
 
@@ -59,7 +59,7 @@ async def test_concurrent_consumes_never_exceed_the_quota(
     try:
         decisions = await asyncio.gather(*(opened[i % 4].quotas.consume(job()) for i in range(200)))
         assert sum(isinstance(d, Admitted) for d in decisions) == 50
-        assert {d.reason for d in decisions if isinstance(d, Refused)} == {Refusal.QUOTA}
+        assert {d.reason for d in decisions if isinstance(d, Denied)} == {DenialReason.QUOTA}
         assert await charged_rows(opened[0]) == (50, 50)
         assert sorted(d.allowance.used for d in decisions if isinstance(d, Admitted)) == list(
             range(1, 51)
@@ -78,7 +78,7 @@ def _hammer(url: str, user: UserRef, start: object, results: object, attempts: i
             decisions = await asyncio.gather(
                 *(storage.quotas.consume(job(user)) for _ in range(attempts))
             )
-        reasons = {str(d.reason) for d in decisions if isinstance(d, Refused)}
+        reasons = {str(d.reason) for d in decisions if isinstance(d, Denied)}
         return sum(isinstance(d, Admitted) for d in decisions), reasons
 
     results.put(asyncio.run(run()))  # type: ignore[attr-defined]
@@ -122,19 +122,19 @@ async def test_refused_requests_charge_nothing(storage: Store) -> None:
     for _ in range(3):
         admitted(await storage.quotas.consume(job()))
     for _ in range(3):
-        quota = refused(await storage.quotas.consume(job()), Refusal.QUOTA)
+        quota = refused(await storage.quotas.consume(job()), DenialReason.QUOTA)
         assert quota.allowance.remaining == 0
     assert await charged_rows(storage) == (3, 3)
 
 
 async def test_refund_gives_one_back_once(storage: Store) -> None:
     ids = [admitted(await storage.quotas.consume(job())).job_id for _ in range(3)]
-    refused(await storage.quotas.consume(job()), Refusal.QUOTA)
+    refused(await storage.quotas.consume(job()), DenialReason.QUOTA)
     assert await storage.quotas.refund(ids[0]) is True
     assert await storage.quotas.refund(ids[0]) is False
     assert (await storage.quotas.allowance(ALICE)).remaining == 1
     admitted(await storage.quotas.consume(job()))
-    refused(await storage.quotas.consume(job()), Refusal.QUOTA)
+    refused(await storage.quotas.consume(job()), DenialReason.QUOTA)
     assert await storage.quotas.refund("no-such-job") is False
 
 
@@ -158,7 +158,7 @@ async def test_refund_of_yesterdays_job_leaves_today_alone(
     for _ in range(3):
         admitted(await storage.quotas.consume(job()))
     assert await storage.quotas.refund(yesterday) is True
-    refused(await storage.quotas.consume(job()), Refusal.QUOTA)
+    refused(await storage.quotas.consume(job()), DenialReason.QUOTA)
 
 
 @pytest.mark.parametrize(
@@ -183,7 +183,7 @@ async def test_window_resets_at_local_midnight(
         assert first.allowance.resets_in == resets_in
         admitted(await storage.quotas.consume(job()))
         clock.now = reset_at - timedelta(seconds=1)
-        late = refused(await storage.quotas.consume(job()), Refusal.QUOTA)
+        late = refused(await storage.quotas.consume(job()), DenialReason.QUOTA)
         assert late.retry_after == timedelta(seconds=1)
         clock.now = reset_at
         fresh = admitted(await storage.quotas.consume(job()))
@@ -202,7 +202,7 @@ async def test_window_follows_the_configured_zone(tmp_path: Path) -> None:
     async with await open_storage(tmp_path / "utc", clock, daily=1) as utc:
         admitted(await utc.quotas.consume(job()))
         clock.advance(hours=1)
-        refused(await utc.quotas.consume(job()), Refusal.QUOTA)
+        refused(await utc.quotas.consume(job()), DenialReason.QUOTA)
 
 
 async def test_cooldown_refuses_with_time_left(tmp_path: Path, clock: FakeClock) -> None:
@@ -210,7 +210,7 @@ async def test_cooldown_refuses_with_time_left(tmp_path: Path, clock: FakeClock)
         first = admitted(await storage.quotas.consume(job()))
         await storage.jobs.mark_done(first.job_id)
         clock.advance(seconds=5)
-        wait = refused(await storage.quotas.consume(job()), Refusal.COOLDOWN)
+        wait = refused(await storage.quotas.consume(job()), DenialReason.COOLDOWN)
         assert wait.retry_after == timedelta(seconds=15)
         admitted(await storage.quotas.consume(job(BOB)))  # per user
         clock.advance(seconds=15)
@@ -222,15 +222,15 @@ async def test_in_flight_cap_until_a_job_finishes(tmp_path: Path, clock: FakeClo
     async with await open_storage(tmp_path, clock, max_in_flight=2) as storage:
         first = admitted(await storage.quotas.consume(job())).job_id
         second = admitted(await storage.quotas.consume(job())).job_id
-        busy = refused(await storage.quotas.consume(job()), Refusal.IN_FLIGHT)
+        busy = refused(await storage.quotas.consume(job()), DenialReason.IN_FLIGHT)
         assert busy.retry_after is None
         assert busy.allowance.remaining == 1
         await storage.jobs.mark_running(first)
-        refused(await storage.quotas.consume(job()), Refusal.IN_FLIGHT)
+        refused(await storage.quotas.consume(job()), DenialReason.IN_FLIGHT)
         assert await storage.jobs.mark_done(first)
         assert not await storage.jobs.mark_done(first)  # a second finish frees nothing
         admitted(await storage.quotas.consume(job()))
-        refused(await storage.quotas.consume(job()), Refusal.QUOTA)
+        refused(await storage.quotas.consume(job()), DenialReason.QUOTA)
         await storage.jobs.mark_cancelled(second, refund=True)
         admitted(await storage.quotas.consume(job()))
 
@@ -238,9 +238,9 @@ async def test_in_flight_cap_until_a_job_finishes(tmp_path: Path, clock: FakeClo
 async def test_ban_refuses_everything_until_unbanned(storage: Store) -> None:
     admitted(await storage.quotas.consume(job(name="Alice")))
     await storage.admin.ban(ALICE, actor="cli:root", reason="spam")
-    banned = refused(await storage.quotas.consume(job()), Refusal.BANNED)
+    banned = refused(await storage.quotas.consume(job()), DenialReason.BANNED)
     assert banned.retry_after is None
-    refused(await storage.quotas.rerender(ALICE), Refusal.BANNED)
+    refused(await storage.quotas.rerender(ALICE), DenialReason.BANNED)
     assert await storage.quotas.is_banned(ALICE)
     assert not await storage.quotas.is_banned(BOB)
     await storage.admin.unban(ALICE, actor="cli:root")
@@ -250,14 +250,14 @@ async def test_ban_refuses_everything_until_unbanned(storage: Store) -> None:
 async def test_quota_outranks_cooldown_in_the_reason(tmp_path: Path, clock: FakeClock) -> None:
     async with await open_storage(tmp_path, clock, daily=1, cooldown=60) as storage:
         admitted(await storage.quotas.consume(job()))
-        refused(await storage.quotas.consume(job()), Refusal.QUOTA)
+        refused(await storage.quotas.consume(job()), DenialReason.QUOTA)
 
 
 async def test_overrides_group_defaults_and_unlimited(storage: Store) -> None:
     server = GroupRef("discord", "9000")
     await storage.admin.set_group_quota(server, 1, actor="cli:root")
     admitted(await storage.quotas.consume(job(BOB, group="9000")))
-    refused(await storage.quotas.consume(job(BOB, group="9000")), Refusal.QUOTA)
+    refused(await storage.quotas.consume(job(BOB, group="9000")), DenialReason.QUOTA)
     # Elsewhere the configured default (3) applies to the same daily count.
     assert (await storage.quotas.allowance(BOB)).remaining == 2
     admitted(await storage.quotas.consume(job(BOB)))
@@ -269,7 +269,7 @@ async def test_overrides_group_defaults_and_unlimited(storage: Store) -> None:
     for _ in range(10):
         assert admitted(await storage.quotas.consume(job(BOB))).allowance.remaining is None
     await storage.admin.set_quota(BOB, 0, actor="cli:root")
-    refused(await storage.quotas.consume(job(BOB)), Refusal.QUOTA)
+    refused(await storage.quotas.consume(job(BOB)), DenialReason.QUOTA)
     await storage.admin.set_group_quota(server, "default", actor="cli:root")
     assert await storage.admin.group_quota(server) is None
 
@@ -279,15 +279,15 @@ async def test_rerenders_are_rate_limited_not_charged(tmp_path: Path, clock: Fak
         admitted(await storage.quotas.consume(job()))
         for _ in range(3):
             assert await storage.quotas.rerender(ALICE) is None
-        wait = refused(await storage.quotas.rerender(ALICE), Refusal.RATE)
+        wait = refused(await storage.quotas.rerender(ALICE), DenialReason.RATE)
         assert wait.retry_after == timedelta(seconds=20)
         assert wait.allowance.used == 1
         assert await storage.quotas.rerender(BOB) is None  # per user
         clock.advance(seconds=19)
-        refused(await storage.quotas.rerender(ALICE), Refusal.RATE)
+        refused(await storage.quotas.rerender(ALICE), DenialReason.RATE)
         clock.advance(seconds=1)
         assert await storage.quotas.rerender(ALICE) is None
-        refused(await storage.quotas.rerender(ALICE), Refusal.RATE)
+        refused(await storage.quotas.rerender(ALICE), DenialReason.RATE)
         clock.advance(minutes=1)
         for _ in range(3):
             assert await storage.quotas.rerender(ALICE) is None

@@ -164,8 +164,9 @@ def pipeline(
     """Per-stage times of a toon with random-weight generators: 1 face and 4 faces."""
     from bench.networks import describe
     from bench.pipeline import STAGES, group_photos, measure, random_toonifier
+    from inference.devices import resolve_device
     from inference.invert import PerceptualModelMissingError
-    from inference.pipeline import distance_factory, resolve_device
+    from inference.pipeline import distance_factory
 
     config = settings(ctx)
     device = resolve_device(config.models.device)
@@ -215,7 +216,7 @@ def encoder(
 ) -> None:
     """Forward time per face of a full-size e4e encoder (random weights), batch 1 and 8."""
     from bench.networks import describe, encoder_seconds
-    from inference.pipeline import resolve_device
+    from inference.devices import resolve_device
 
     device = resolve_device(settings(ctx).models.device)
     table = Table(title=f"Encoder forward (IR-SE-50, 256 px, float32) on {describe(device)}")

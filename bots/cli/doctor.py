@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -46,8 +47,8 @@ def doctor(
 
     Exits 1 while a needed file is missing. scripts/run runs it with --fetch."""
     # torch loads here, not when any other command starts.
+    from inference.devices import resolve_device
     from inference.model_needs import diagnose
-    from inference.pipeline import resolve_device
 
     config = settings(ctx)
     device = resolve_device(config.models.device)
@@ -70,15 +71,16 @@ def _get(diagnosis: Diagnosis, models_dir: Path, toon: str | None, toon_name: st
     from inference.model_store import ModelStore, ModelStoreError
 
     store = ModelStore(models_dir)
-    jobs = []
+    # Each job takes progress=: (bytes received, total) -> None.
+    jobs: list[tuple[str, str, Callable[..., object]]] = []
     for need in diagnosis.needs:
         if toon is not None and need.name == toon_name and need.missing:
-            job = partial(store.import_checkpoint, toon, toon_name)
-            jobs.append((need.path.name, f"importing {toon} as {toon_name}", job))
+            importing = partial(store.import_checkpoint, toon, toon_name)
+            jobs.append((need.path.name, f"importing {toon} as {toon_name}", importing))
     for need in diagnosis.needs:
         if need.fetchable:
-            job = partial(fetch, need, store)
-            jobs.append((need.path.name, f"fetching {need.path.name} from {need.url}", job))
+            fetching = partial(fetch, need, store)
+            jobs.append((need.path.name, f"fetching {need.path.name} from {need.url}", fetching))
     failed = []
     for name, title, job in jobs:
         console.print(title, highlight=False, markup=False, soft_wrap=True)

@@ -10,6 +10,7 @@ import typer
 from PIL import ImageDraw
 from rich.table import Table
 
+from bots import texts
 from bots.cli.common import console, fail, settings
 from inference.align import align_face
 from inference.faces import Face, FaceBackendError, make_detector
@@ -46,7 +47,7 @@ def faces(
         image = decode_image(photo.read_bytes(), config.limits)
         detector = make_detector(FacesSettings(**options), config.models.device)
     except (ImageError, FaceBackendError) as exc:
-        fail(str(exc))
+        fail(texts.image_problem(exc) if isinstance(exc, ImageError) else str(exc))
     found = detector.detect(image)
 
     annotated = image.copy()
@@ -63,7 +64,7 @@ def faces(
         table.add_row(str(number), *_describe(face), str(crop))
     for skipped in found.skipped:
         _mark(draw, skipped.face, SKIPPED, line, "")
-        table.add_row("-", *_describe(skipped.face), skipped.reason)
+        table.add_row("-", *_describe(skipped.face), texts.skipped_face(skipped))
     output.write_bytes(encode_jpeg(annotated, quality=92))
 
     console.print(f"backend: {detector.backend}")

@@ -10,11 +10,13 @@ import typer
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from bots import texts
 from bots.cli.common import check_output, console, fail, settings
 from bots.config import Settings
 
 if TYPE_CHECKING:
-    from inference.pipeline import Prepared, Result, Toonifier
+    from inference.pipeline import BadChoice, Finished, Toonifier
+    from inference.stages import Stage
 
 
 def photo(
@@ -46,8 +48,10 @@ def photo(
 ) -> None:
     """Toonify every face of a photo and write the result (format from OUT's extension)."""
     # torch loads here, not when any other command starts.
+    from inference.errors import ModelLoadError
     from inference.images import ImageError
-    from inference.pipeline import MODEL_LOAD_ERRORS, NoFace, Toonifier
+    from inference.pipeline import BadChoice, Toonifier
+    from inference.prepare import NoFace
 
     check_output(output)
     config = settings(ctx)
@@ -60,28 +64,39 @@ def photo(
     with console.status("loading models"):
         try:
             toonifier = Toonifier.from_config(config)
-        except MODEL_LOAD_ERRORS as exc:
+        except ModelLoadError as exc:
             fail(str(exc))
     try:
         toonifier.pick(style, strength)
-        prepared, result = _run(toonifier, data, style, strength)
-    except (ImageError, NoFace) as exc:
-        fail(exc.reason)
-    except ValueError as exc:
-        fail(str(exc))
+        finished = _run(toonifier, data, style, strength)
+    except BadChoice as exc:
+        fail(_bad_choice(exc, toonifier))
+    except ImageError as exc:
+        fail(texts.image_problem(exc))
+    except NoFace as exc:
+        fail(texts.no_face(exc.skipped))
     start = time.perf_counter()
-    picture = _compose(prepared, result, side_by_side, faces_only)
+    picture = _compose(finished, side_by_side, faces_only)
     try:
         picture.save(output, quality=95)
     except (OSError, ValueError) as exc:
         fail(f"cannot write {output}: {exc}")
-    result.timings["encode"] = time.perf_counter() - start
-    for reason in result.skipped:
-        console.print(f"[yellow]skipped:[/yellow] {reason}", highlight=False)
+    finished.timings["encode"] = time.perf_counter() - start
+    for skipped in finished.skipped:
+        console.print(f"[yellow]skipped:[/yellow] {texts.skipped_face(skipped)}", highlight=False)
     console.print(
-        f"{output}: {len(result.faces)} face(s), {result.style} strength {result.strength}"
+        f"{output}: {len(finished.faces)} face(s), {finished.style} strength {finished.strength}"
     )
-    console.print(format_timings(result.timings, toonifier.steps), highlight=False, soft_wrap=True)
+    console.print(
+        format_timings(finished.timings, toonifier.steps), highlight=False, soft_wrap=True
+    )
+
+
+def _bad_choice(error: BadChoice, toonifier: Toonifier) -> str:
+    if error.strength is None:
+        return texts.unknown_style(error.style, list(toonifier.styles))
+    info = toonifier.styles[error.style]
+    return texts.bad_strength(error.strength, info.label, info.strengths)
 
 
 def _with_steps(config: Settings, steps: int) -> Settings:
@@ -90,9 +105,7 @@ def _with_steps(config: Settings, steps: int) -> Settings:
     return config.model_copy(update={"invert": invert})
 
 
-def _run(
-    toonifier: Toonifier, data: bytes, style: str | None, strength: int | None
-) -> tuple[Prepared, Result]:
+def _run(toonifier: Toonifier, data: bytes, style: str | None, strength: int | None) -> Finished:
     """prepare, invert, finish under one progress bar whose label follows the stage."""
     columns = (
         TextColumn("{task.description:<8}"),
@@ -104,27 +117,24 @@ def _run(
         task = bar.add_task("detect", total=None)
         prepared = toonifier.prepare(data)
 
-        def progress(stage: str, step: int, total: int) -> None:
+        def progress(stage: Stage, step: int, total: int) -> None:
             bar.update(task, description=stage, completed=step, total=total)
 
         (latents,) = toonifier.invert([prepared], progress)
         bar.update(task, description="render", completed=0, total=1)
-        result = toonifier.finish(prepared, latents, style, strength)
-    return prepared, result
+        return toonifier.finish(prepared, latents, style, strength)
 
 
-def _compose(
-    prepared: Prepared, result: Result, side_by_side: bool, faces_only: bool
-) -> Image.Image:
+def _compose(finished: Finished, side_by_side: bool, faces_only: bool) -> Image.Image:
     """The pasted-back photo or the toon faces, with the originals beside them on request."""
     if faces_only:
-        rows = [result.faces]
+        rows = [finished.faces]
         if side_by_side:
-            rows.insert(0, [face.image for face in prepared.faces])
+            rows.insert(0, [face.image for face in finished.source.faces])
         return _grid(rows)
     if side_by_side:
-        return _grid([[prepared.photo, result.photo]])
-    return result.photo
+        return _grid([[finished.source.photo, finished.photo]])
+    return finished.photo
 
 
 def _grid(rows: list[list[Image.Image]]) -> Image.Image:

@@ -60,7 +60,8 @@ def run(ctx: typer.Context) -> None:
     try:
         from bots.app import Interrupted, serve
         from bots.startup import StartupFault
-        from inference.pipeline import MODEL_LOAD_ERRORS, device_problem
+        from inference.devices import device_problem
+        from inference.errors import ModelLoadError
     except KeyboardInterrupt:
         _interrupted()
     if problem := device_problem(config.models.device):
@@ -72,7 +73,7 @@ def run(ctx: typer.Context) -> None:
         _interrupted()
     except StartupFault as exc:
         _stopped(str(exc), exc)
-    except MODEL_LOAD_ERRORS as exc:
+    except ModelLoadError as exc:
         _stopped(f"cannot start: {exc}", exc)
     except Exception as exc:
         _stopped(f"stopped by {type(exc).__name__}: {exc} (logging.level = DEBUG tells where)", exc)

@@ -60,15 +60,6 @@ def reply_for(client: ToonifyClient, ref: dict[str, Any]) -> ChannelReply:
     )
 
 
-def check_strength(client: ToonifyClient, style: str | None, strength: int | None) -> None:
-    """Only the strengths the style renders: a choice of /toonify may be another style's."""
-    name = style or client.service.default_style
-    info = client.service.styles.get(name)
-    if info is not None and strength is not None and strength not in info.strengths:
-        bad = texts.discord_bad_strength(strength, info.label or name, info.strengths)
-        raise Refused(RefusalKind.BAD_INPUT, bad)
-
-
 async def toonify(
     interaction: discord.Interaction[ToonifyClient],
     attachment: discord.Attachment | None,
@@ -83,7 +74,7 @@ async def toonify(
     try:
         if attachment is None:
             raise Refused(RefusalKind.NOT_IMAGE, texts.DISCORD_NO_IMAGE)
-        check_strength(client, style, strength)
+        client.service.choose(style, strength)  # a choice of /toonify may be another style's
         who = client.requester(interaction.user, interaction.guild_id)
         ref = job_ref(
             interaction.user,

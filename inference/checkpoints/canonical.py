@@ -17,9 +17,10 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from inference.architecture import Architecture
 from inference.checkpoints.errors import CheckpointError
 from inference.checkpoints.rosinality import build
-from inference.stylegan2 import Architecture, Generator
+from inference.stylegan2 import Generator
 
 CANONICAL_FORMAT = "toonify-stylegan2"
 CANONICAL_VERSION = "1"

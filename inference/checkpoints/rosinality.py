@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from inference.architecture import Architecture
 from inference.checkpoints.errors import CheckpointError
-from inference.stylegan2 import Architecture, Generator, make_kernel
+from inference.stylegan2 import Generator, make_kernel
 
 W_AVG_SAMPLES = 10_000
 

@@ -38,7 +38,8 @@ def gs_of(obj: Any) -> TFNetworkStub | None:
     if isinstance(obj, TFNetworkStub):
         return obj
     if isinstance(obj, tuple) and len(obj) == 3 and all(isinstance(n, TFNetworkStub) for n in obj):
-        return obj[2]
+        gs: TFNetworkStub = obj[2]
+        return gs
     return None
 
 

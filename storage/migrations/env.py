@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection
 
 from storage.engine import create_engine
 from storage.models import Base, UtcDateTime
 
 
-def _render_item(kind: str, item: Any, autogen_context: Any) -> str | bool:
+def _render_item(kind: str, item: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     """Revisions name plain SQLAlchemy types, so they never import the models they migrate."""
     if kind == "type" and isinstance(item, UtcDateTime):
         return "sa.DateTime()"

@@ -83,16 +83,18 @@ class Photos:
 async def tiny_app(
     tmp_path: Path,
     adapters: Callable[[Settings, ToonService], list[Any]] | None = None,
-    toonifier: Any = None,
-    pool: Callable[[Settings, Any], PreparePool] | None = None,
+    toonifier: Toonifier | None = None,
+    pool: Callable[[Settings, Toonifier], PreparePool] | None = None,
+    engine: Any = None,
     **sections: dict[str, Any],
 ) -> AsyncIterator[App]:
     """A started App (prepare pool, worker, service, storage, ops when configured); stopped on
-    exit. `pool(config, toonifier)` builds another prepare pool."""
+    exit. `pool(config, toonifier)` builds another prepare pool; `engine` stands in for the
+    Toonifier on the worker (a wrapper that gates or breaks it)."""
     config = settings(tmp_path, **sections)
-    engine = toonifier or await asyncio.to_thread(Toonifier.from_config, config)
+    toonifier = toonifier or await asyncio.to_thread(Toonifier.from_config, config)
     store = await Store.open(config.storage.url, config.quota)
-    app = App(config, engine, store, pool(config, engine) if pool else None)
+    app = App(config, toonifier, store, pool(config, toonifier) if pool else None, engine)
     app.service.register(PLATFORM, Photos())
     try:
         await app.start(adapters(config, app.service) if adapters else [])

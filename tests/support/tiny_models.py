@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from inference.architecture import Architecture
 from inference.checkpoints import save_generator
-from inference.stylegan2 import Architecture, Generator
+from inference.stylegan2 import Generator
 
 # Source code that a careless loader would execute; tests check the marker never appears.
 HARMLESS_SRC = "# network module source (never executed by toonify)\n"
