@@ -35,8 +35,10 @@ def application_commands(
 ) -> list[app_commands.Command[Any, ..., Any] | app_commands.ContextMenu | app_commands.Group]:
     """Everything the command tree syncs, built fresh for each client."""
     menu = app_commands.ContextMenu(name=texts.DISCORD_MENU, callback=toonify_message)
-    quota = app_commands.Command(name="quota", description=texts.DISCORD_QUOTA, callback=quota_left)
-    forget = app_commands.Command(
+    quota: app_commands.Command[Any, ..., None] = app_commands.Command(
+        name="quota", description=texts.DISCORD_QUOTA, callback=quota_left
+    )
+    forget: app_commands.Command[Any, ..., None] = app_commands.Command(
         name="forget", description=texts.DISCORD_FORGET, callback=forget_asked
     )
     return [toonify_command(styles), menu, quota, forget, AdminCommands()]
@@ -99,7 +101,7 @@ class AdminCommands(
     @app_commands.describe(user=texts.DISCORD_ADMIN_USER, daily=texts.DISCORD_ADMIN_DAILY)
     async def quota(self, interaction: Interaction, user: discord.User, daily: str) -> None:
         """A user's daily toons: a number, unlimited, or the default."""
-        await _admin(interaction, "quota", f"{PLATFORM}:{user.id}", daily)
+        await _admin(interaction, "quota", user, daily)
 
     @app_commands.command(name="server-quota", description=texts.DISCORD_ADMIN_SERVER_QUOTA)
     @app_commands.describe(daily=texts.DISCORD_ADMIN_SERVER_DAILY)
@@ -120,13 +122,13 @@ class AdminCommands(
     @app_commands.describe(user=texts.DISCORD_ADMIN_USER)
     async def ban(self, interaction: Interaction, user: discord.User) -> None:
         """Stop a user, on Discord, from using the bot."""
-        await _admin(interaction, "ban", f"{PLATFORM}:{user.id}", None)
+        await _admin(interaction, "ban", user, None)
 
     @app_commands.command(description=texts.DISCORD_ADMIN_UNBAN)
     @app_commands.describe(user=texts.DISCORD_ADMIN_USER)
     async def unban(self, interaction: Interaction, user: discord.User) -> None:
         """Let a banned user use the bot again."""
-        await _admin(interaction, "unban", f"{PLATFORM}:{user.id}", None)
+        await _admin(interaction, "unban", user, None)
 
     @app_commands.command(description=texts.DISCORD_ADMIN_STATS)
     async def stats(self, interaction: Interaction) -> None:
@@ -135,13 +137,16 @@ class AdminCommands(
 
 
 async def _admin(
-    interaction: Interaction, action: str, target: str | None, value: str | None
+    interaction: Interaction, action: str, user: discord.User | None, value: str | None
 ) -> None:
-    """The service obeys bot admins only; its answer, or refusal, is private."""
+    """The service obeys bot admins only; its answer, or refusal, is private. The user is
+    named as Discord shows them, even when the bot has never seen them."""
     await interaction.response.defer(ephemeral=True, thinking=True)
     client = interaction.client
     who = client.requester(interaction.user, interaction.guild_id)
-    said = client.service.admin(who, action, target, value)
+    target = f"{PLATFORM}:{user.id}" if user is not None else None
+    name = user.display_name if user is not None else None
+    said = client.service.admin(who, action, target, value, name=name)
     await _answer(interaction, f"admin {action}", said)
 
 

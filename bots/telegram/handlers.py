@@ -132,16 +132,19 @@ class Handlers:
         args = list(context.args or [])
         action = args.pop(0).lower() if args else ""
         replied = message.reply_to_message
+        replied_to = replied.from_user if replied is not None else None
         target_missing = action in ADMIN_ARITY and len(args) < ADMIN_ARITY[action]
-        if target_missing and replied is not None and replied.from_user is not None:
-            args.insert(0, str(replied.from_user.id))
+        if target_missing and replied_to is not None:
+            args.insert(0, str(replied_to.id))
         if action not in ADMIN_ARITY or len(args) != ADMIN_ARITY[action]:
             await message.reply_text(texts.ADMIN_USAGE)
             return
         target = args[0] if args else None
         value = args[1] if len(args) > 1 else None
+        named = replied_to is not None and target == str(replied_to.id)
+        name = replied_to.full_name if replied_to is not None and named else None
         try:
-            said = await self._service.admin(who, action, target, value)
+            said = await self._service.admin(who, action, target, value, name=name)
         except Refused as refused:
             said = refused.text
         await message.reply_text(said)

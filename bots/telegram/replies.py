@@ -233,7 +233,9 @@ class RerenderReply:
             image = io.BytesIO(toon.image)
             media = InputMediaDocument(image, caption=toon.caption, filename=toon.filename)
         else:
-            media = InputMediaPhoto(await _photo(toon), caption=toon.caption, filename=toon.filename)
+            media = InputMediaPhoto(
+                await _photo(toon), caption=toon.caption, filename=toon.filename
+            )
         await self._bot.edit_message_media(
             media,
             chat_id=self._chat_id,

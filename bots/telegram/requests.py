@@ -19,6 +19,7 @@ from telegram.error import TelegramError
 from bots.adapter import Background, refusing
 from bots.service import Refused, Requester, ToonService, Upload
 from bots.telegram.replies import Replies, RerenderReply, StatusReply
+from bots.toons import ImageFormat, same_family
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +93,17 @@ class Requests:
             "message_id": photo.message_id,
             "file_id": file_id,
         }
+        image_format = ImageFormat.JPEG
         if photo.document is not None:
             ref["document"] = True
+            image_format = same_family(upload.content_type)
         reply = self.reply_for(ref)
         key = f"{PLATFORM}:{asked.chat_id}:{asked.message_id}"
         try:
             with refusing("a Telegram request"):
-                await self._service.admit(who, upload, reply, ref=ref, key=key)
+                await self._service.admit(
+                    who, upload, reply, ref=ref, key=key, image_format=image_format
+                )
         except Refused as refused:
             await reply.fail(refused)
 
