@@ -140,8 +140,14 @@ def _quota_left(service: ToonService, user: FakeUser) -> Any:
     return service.quota_text(Requester("discord", str(user.id), user.name))
 
 
+def _caption(service: ToonService, strength: int, style: str = "toon") -> str:
+    """The caption of a one-face toon of `style` at `strength`, as the service words it."""
+    info = service.styles[style]
+    return texts.caption(info.label, info.strengths.index(strength) + 1, len(info.strengths), 1, [])
+
+
 async def test_slash_command_defers_privately_reports_progress_and_posts_the_toon(
-    fake: FakeDiscord, bot: DiscordAdapter, strengths: list[int]
+    fake: FakeDiscord, bot: DiscordAdapter, service: ToonService, strengths: list[int]
 ) -> None:
     alice = fake.add_user("alice")
     interaction = await _toonify(fake, alice, style="toon", strength=strengths[0])
@@ -153,8 +159,7 @@ async def test_slash_command_defers_privately_reports_progress_and_posts_the_too
     edits = [c.payload["content"] for c in fake.calls_of("edit_response")]
     assert edits[0].startswith("Found 1 face")
     assert any("%" in text for text in edits)
-    assert toon.content.startswith(f"<@{alice.id}> ")
-    assert f"strength {strengths[0]}" in toon.content
+    assert toon.content == f"<@{alice.id}> {_caption(service, strengths[0])}"
     [image] = fake.files_of(toon)
     assert Image.open(BytesIO(image)).size == Image.open(BytesIO(face_jpeg())).size
     assert [(b["label"], bool(b.get("disabled"))) for b in toon.buttons()] == [
@@ -287,14 +292,15 @@ async def test_toons_over_the_upload_limit_are_scaled_down(
 
 
 async def test_buttons_re_render_in_place_for_the_requester_only(
-    fake: FakeDiscord, bot: DiscordAdapter, strengths: list[int]
+    fake: FakeDiscord, bot: DiscordAdapter, service: ToonService, strengths: list[int]
 ) -> None:
     owner, other = fake.add_user("owner"), fake.add_user("other")
     toon = await _toon_for(fake, await _toonify(fake, owner, strength=strengths[0]))
     before = fake.files_of(toon)
 
     press = await fake.press_button(toon, "More toon", user=owner)
-    await fake.wait_until(lambda: f"strength {strengths[1]}" in toon.content or None, within=WAIT)
+    more = _caption(service, strengths[1])
+    await fake.wait_until(lambda: toon.content.endswith(more) or None, within=WAIT)
     [callback] = [c for c in fake.calls_of("callback") if c.params["token"] == press.token]
     assert callback.payload["type"] == CALLBACK_UPDATE
     assert all(b.get("disabled") for b in callback.payload["data"]["components"][0]["components"])
@@ -409,7 +415,7 @@ async def test_jobs_resumed_after_a_restart_answer_through_the_channel(
         result_id="r1",
         image=fake.files_of(toon_message)[0],
         filename="toon.jpg",
-        caption="Toon · strength 32",
+        caption=texts.caption("Toon", 3, 3, 1, []),
         style="toon",
         strength=32,
         styles=[("toon", "Toon")],
@@ -420,7 +426,7 @@ async def test_jobs_resumed_after_a_restart_answer_through_the_channel(
     await bot.reply_for(ref).deliver(toon)
     posted = await fake.wait_for("create_message")
     assert posted.params["channel"] == str(fake.channel_id)
-    assert posted.payload["content"] == f"<@{lee.id}> Toon · strength 32"
+    assert posted.payload["content"] == f"<@{lee.id}> {texts.caption('Toon', 3, 3, 1, [])}"
 
     await bot.reply_for(ref).fail(Refused(RefusalKind.RESEND, texts.RESTARTED))
     told = await fake.wait_for("create_message", lambda c: c.payload["content"] == texts.RESTARTED)
