@@ -214,20 +214,16 @@ class RerenderReply:
     """A button press: the toon message's image, caption and buttons are replaced in place,
     as a photo or as a file, whichever the toon was sent as."""
 
-    def __init__(
-        self, bot: Bot, chat_id: int, toon_id: int, running: Running, *, as_document: bool
-    ) -> None:
+    def __init__(self, bot: Bot, chat_id: int, toon_id: int, *, as_document: bool) -> None:
         self._bot = bot
         self._chat_id = chat_id
         self._toon_id = toon_id
-        self._running = running
         self._as_document = as_document
 
     async def progress(self, text: str) -> None:
-        self._running.start()
+        """Re-renders are short and the press was answered: no status to show."""
 
     async def deliver(self, toon: Toon) -> None:
-        self._running.stop()
         media: InputMediaDocument | InputMediaPhoto
         if self._as_document:
             image = io.BytesIO(toon.image)
@@ -245,7 +241,6 @@ class RerenderReply:
 
     async def fail(self, error: Refused) -> None:
         """Say why under the toon; buttons whose latents are gone are taken away."""
-        self._running.stop()
         if error.kind == RefusalKind.EXPIRED:
             with contextlib.suppress(BadRequest):
                 await self._bot.edit_message_reply_markup(self._chat_id, self._toon_id)
@@ -269,5 +264,4 @@ class Replies:
         return StatusReply(self._bot, chat_id, photo_id, running, as_document=as_document)
 
     def rerender(self, chat_id: int, toon_id: int, *, as_document: bool) -> RerenderReply:
-        running = Running(self._actions, chat_id)
-        return RerenderReply(self._bot, chat_id, toon_id, running, as_document=as_document)
+        return RerenderReply(self._bot, chat_id, toon_id, as_document=as_document)
