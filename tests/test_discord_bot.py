@@ -511,3 +511,21 @@ async def test_faces_only_toggles_and_back_for_the_requester_only(
     [back] = fake.files_of(toon)
     with Image.open(BytesIO(back)) as shown, Image.open(BytesIO(photo)) as whole:
         assert shown.size == whole.size
+
+
+async def test_admins_set_quotas_and_bans_for_users_never_seen_named_as_discord_shows_them(
+    fake: FakeDiscord, bot: DiscordAdapter, service: ToonService, admin: FakeUser
+) -> None:
+    newcomer = fake.add_user("newcomer")
+    done = await fake.slash_command(
+        "toonify-admin quota", {"user": newcomer, "daily": "1"}, user=admin
+    )
+    answer = await fake.wait_for_response(done, lambda m: not m.loading)
+    assert answer.ephemeral
+    assert answer.content.startswith(f"discord:{newcomer.id} (Newcomer): active, daily quota 1")
+    assert (await _quota_left(service, newcomer)).startswith("1 toon left today")
+
+    banned = await fake.slash_command("toonify-admin ban", {"user": newcomer}, user=admin)
+    answer = await fake.wait_for_response(banned, lambda m: not m.loading)
+    assert answer.content.startswith(f"discord:{newcomer.id} (Newcomer): banned")
+    assert (await _refusal(fake, await _toonify(fake, newcomer))).content == texts.BANNED
