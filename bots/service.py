@@ -97,6 +97,11 @@ class ToonService:
         `admit` checks the same; adapters may call it first to refuse before any download."""
         return self._styles.choose(style, strength)
 
+    def choose_level(self, style: str | None, level: int | None) -> tuple[str, int]:
+        """`choose` for users, who pick a toon level (1: closest to the photo) rather than a
+        model's strength; Refused (BAD_INPUT) for a level the style lacks."""
+        return self._styles.at_level(style, level)
+
     # -- admission ---------------------------------------------------------------------------
 
     async def admit(

@@ -101,6 +101,20 @@ def bad_strength(strength: int, style: str, strengths: list[int]) -> str:
     return f"{style} has no strength {strength}. Pick one of {offered}."
 
 
+def bad_level(level: int, style: str, levels: int) -> str:
+    """`style` is the style's label."""
+    if levels == 1:
+        return f"{style} has one toon level only: leave the level out."
+    return f"{style} has toon levels 1 to {levels}, not {level}."
+
+
+def level_choice(level: int, levels: int) -> str:
+    """A toon level as /toonify offers it; `levels` is the most any style has."""
+    if level == 1:
+        return "1 · closest to your photo"
+    return f"{level} · most toon" if level == levels else str(level)
+
+
 def cooldown(seconds: float) -> str:
     return f"One at a time! You can send another photo in {math.ceil(seconds)} s."
 
@@ -302,7 +316,7 @@ DISCORD_MENU = "Toonify"
 DISCORD_TOONIFY = "Turn every face in a photo into a cartoon"
 DISCORD_IMAGE = "A photo with at least one face"
 DISCORD_STYLE = "The cartoon style"
-DISCORD_STRENGTH = "Lower keeps your face shape, higher draws more cartoon structure"
+DISCORD_LEVEL = "How much toon: 1 stays closest to your photo, higher draws more cartoon"
 DISCORD_QUOTA = "How many toons you have left today, and when they reset"
 DISCORD_FORGET = "Delete everything the bot knows about you"
 DISCORD_ADMIN = "Toonify quotas and bans"

@@ -150,7 +150,7 @@ async def test_slash_command_defers_privately_reports_progress_and_posts_the_too
     fake: FakeDiscord, bot: DiscordAdapter, service: ToonService, strengths: list[int]
 ) -> None:
     alice = fake.add_user("alice")
-    interaction = await _toonify(fake, alice, style="toon", strength=strengths[0])
+    interaction = await _toonify(fake, alice, style="toon", level=1)
 
     toon = await _toon_for(fake, interaction)
     [callback] = [c for c in fake.calls_of("callback") if c.params["token"] == interaction.token]
@@ -256,27 +256,26 @@ async def test_attachments_only_come_from_allowed_hosts(
     assert (await _refusal(fake, interaction)).content == texts.DISCORD_DOWNLOAD_FAILED
 
 
-async def test_a_strength_the_style_lacks_is_refused(
+async def test_a_level_the_style_lacks_is_refused(
     fake: FakeDiscord, bot: DiscordAdapter, strengths: list[int]
 ) -> None:
-    interaction = await _toonify(fake, fake.add_user("ivy"), style="arcane", strength=strengths[0])
+    """Arcane has one level less than the default style, whose levels /toonify offers."""
+    interaction = await _toonify(fake, fake.add_user("ivy"), style="arcane", level=len(strengths))
 
     refusal = await _refusal(fake, interaction)
-    assert refusal.content == texts.bad_strength(strengths[0], "Arcane", strengths[1:])
+    assert refusal.content == texts.bad_level(len(strengths), "Arcane", len(strengths) - 1)
 
 
-async def test_a_strength_a_one_rendering_style_lacks_is_refused_clearly(
+async def test_a_level_a_one_rendering_style_lacks_is_refused_clearly(
     fake: FakeDiscord, bot: DiscordAdapter, service: ToonService
 ) -> None:
-    """A psp style renders at 32 only, whatever strengths its config section keeps."""
+    """A psp style renders one level only, whatever strengths its config section keeps."""
     ivy = fake.add_user("ivy")
     before = await _quota_left(service, ivy)
-    interaction = await _toonify(fake, ivy, style="psp", strength=8)
+    interaction = await _toonify(fake, ivy, style="psp", level=2)
 
     refusal = await _refusal(fake, interaction)
-    internal = texts.internal_error("ID").removesuffix("ID")
-    assert not refusal.content.startswith(internal)
-    assert "32" in refusal.content  # the strength it has
+    assert refusal.content == texts.bad_level(2, "pSp", 1)
     assert await _quota_left(service, ivy) == before
 
 
@@ -295,7 +294,7 @@ async def test_buttons_re_render_in_place_for_the_requester_only(
     fake: FakeDiscord, bot: DiscordAdapter, service: ToonService, strengths: list[int]
 ) -> None:
     owner, other = fake.add_user("owner"), fake.add_user("other")
-    toon = await _toon_for(fake, await _toonify(fake, owner, strength=strengths[0]))
+    toon = await _toon_for(fake, await _toonify(fake, owner, level=1))
     before = fake.files_of(toon)
 
     press = await fake.press_button(toon, "More toon", user=owner)
@@ -387,9 +386,10 @@ async def test_commands_sync_to_configured_servers_only(
         assert synced["toonify-admin"]["default_member_permissions"] == str(MANAGE_GUILD)
         choices = {o["name"]: o.get("choices") for o in synced["toonify"]["options"]}
         assert [c["value"] for c in choices["style"]] == list(app.service.styles)
-        # What the styles render: the psp style's configured strengths (up to 64) are not.
-        rendered = sorted({r for s in app.service.styles.values() for r in s.strengths})
-        assert [c["value"] for c in choices["strength"]] == rendered == [8, 16, 32]
+        # As many levels as the style with most renders (the psp style's configured
+        # strengths are not what it renders), named as people understand them.
+        offered = [(c["name"], c["value"]) for c in choices["level"]]
+        assert offered == [(texts.level_choice(n, 3), n) for n in (1, 2, 3)]
 
 
 async def test_survives_a_gateway_loss(fake: FakeDiscord, bot: DiscordAdapter) -> None:

@@ -45,28 +45,32 @@ def application_commands(
 
 
 def toonify_command(styles: Mapping[str, StyleInfo]) -> app_commands.Command[Any, ..., None]:
-    """`/toonify` with the styles, and every strength of any of them, as choices."""
+    """`/toonify` with the styles and the toon levels (as many as the style with most) as
+    choices; the service turns a level into the chosen style's strength."""
     command: app_commands.Command[Any, ..., None] = app_commands.Command(
         name="toonify", description=texts.DISCORD_TOONIFY, callback=toonify_slash
     )
     style_choices = [app_commands.Choice(name=s.label, value=name) for name, s in styles.items()]
-    strengths = sorted({r for s in styles.values() for r in s.strengths})
-    strength_choices = [app_commands.Choice(name=str(r), value=r) for r in strengths]
+    levels = max(len(s.strengths) for s in styles.values())
+    level_choices = [
+        app_commands.Choice(name=texts.level_choice(n, levels), value=n)
+        for n in range(1, levels + 1)
+    ]
     command = app_commands.choices(style=style_choices[:MAX_CHOICES])(command)
-    return app_commands.choices(strength=strength_choices[:MAX_CHOICES])(command)
+    return app_commands.choices(level=level_choices[:MAX_CHOICES])(command)
 
 
 @app_commands.describe(
-    image=texts.DISCORD_IMAGE, style=texts.DISCORD_STYLE, strength=texts.DISCORD_STRENGTH
+    image=texts.DISCORD_IMAGE, style=texts.DISCORD_STYLE, level=texts.DISCORD_LEVEL
 )
 async def toonify_slash(
     interaction: Interaction,
     image: discord.Attachment,
     style: str | None = None,
-    strength: int | None = None,
+    level: int | None = None,
 ) -> None:
     """Toonify the attached photo; refusals and progress stay private to the requester."""
-    await toonify(interaction, image, style, strength, source=None)
+    await toonify(interaction, image, style, level, source=None)
 
 
 async def toonify_message(interaction: Interaction, message: discord.Message) -> None:
