@@ -51,7 +51,7 @@ def toonify_command(styles: Mapping[str, StyleInfo]) -> app_commands.Command[Any
         name="toonify", description=texts.DISCORD_TOONIFY, callback=toonify_slash
     )
     style_choices = [app_commands.Choice(name=s.label, value=name) for name, s in styles.items()]
-    levels = max(len(s.strengths) for s in styles.values())
+    levels = max((len(s.strengths) for s in styles.values()), default=1)
     level_choices = [
         app_commands.Choice(name=texts.level_choice(n, levels), value=n)
         for n in range(1, levels + 1)
