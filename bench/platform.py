@@ -22,6 +22,9 @@ class BenchReply:
     async def queued(self, text: str) -> None:
         pass
 
+    async def started(self) -> None:
+        pass
+
     async def progress(self, text: str) -> None:
         pass
 
