@@ -48,8 +48,6 @@ def tune_backends(device: torch.device) -> None:
 class Networks:
     """Forward passes of the evaluation-only networks, in PyTorch without autograd."""
 
-    name: Runtime = "torch"
-
     def synthesis(self, generator: Generator, ws: Tensor, dtype: torch.dtype) -> Tensor:
         """generator.synthesis with its stored noise: [B, num_ws, w_dim] -> [B, 3, R, R]."""
         with torch.inference_mode():
@@ -63,8 +61,6 @@ class Networks:
 
 class OpenVinoNetworks(Networks):
     """Every given network converted and compiled for the CPU once; one face per call."""
-
-    name: Runtime = "openvino"
 
     def __init__(self, generators: Iterable[Generator], encoders: Iterable[FaceEncoder]) -> None:
         try:
