@@ -16,9 +16,10 @@ for `toonify` is the whole CLI: typer, the chat libraries, the generators and th
 The decoded photo comes back through an anonymous in-memory file that each process shares with
 the bot, not through the pipe: a 12 MP photo is 36 MB of pixels, which pickled and streamed
 through a socket cost the bot's process a copy and its CPU, on the cores the prepare processes
-need (bench/README.md#prepare-pool: the bot's share is now 14-23 ms per photo). Only the
-aligned faces and the rest of the result are pickled. The bot reads exactly the pixels the process says it wrote, after the process
-finished the photo, and empties the file before the next photo goes out.
+need (bench/README.md#prepare-pool: the bot's share is now 14-34 ms per photo). Only the
+aligned faces and the rest of the result are pickled. The bot reads exactly the pixels the
+process says it wrote, after the process finished the photo, and empties the file before the
+next photo goes out.
 """
 
 from __future__ import annotations
