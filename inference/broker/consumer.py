@@ -33,6 +33,8 @@ from inference.worker import Worker
 log = logging.getLogger(__name__)
 
 READ_BLOCK_MS = 1000
+# Batches a worker holds: the one running and the next, so the GPU never waits for Redis.
+READ_AHEAD = 2
 RETRY_SECONDS = 0.5
 # Progress events per job at most this often (stage changes always go out).
 PROGRESS_EVERY = 0.25
@@ -134,7 +136,7 @@ class Consumer:
 
     async def _take(self) -> None:
         """Re-renders first; jobs of dead workers before new ones; only with room for them."""
-        if await self._worker.waiting() > 0:
+        if self.held >= READ_AHEAD * self._max_batch:  # a batch running, the next one in hand
             await asyncio.sleep(0.05)
             return
         entries = await self._claimed(keys.RERENDERS) + await self._claimed(keys.JOBS)
