@@ -29,7 +29,7 @@ from inference.broker.consumer import Consumer, WirePreparer
 from inference.invert_plan import log_expected_speed
 from inference.pipeline import Finished, Latents, Toonifier
 from inference.prepare import Prepared
-from inference.worker import Worker
+from inference.worker import Engine, Worker
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,21 @@ HELD_BATCHES = 4
 
 
 class WorkerApp:
-    """One `toonify worker` process, startable and stoppable by tests too."""
+    """One `toonify worker` process, startable and stoppable by tests too; `engine` stands in
+    for the Toonifier (benchmarks time it)."""
 
-    def __init__(self, config: Settings, toonifier: Toonifier, redis: Redis) -> None:
+    def __init__(
+        self,
+        config: Settings,
+        toonifier: Toonifier,
+        redis: Redis,
+        engine: Engine[Prepared, Latents, Finished] | None = None,
+    ) -> None:
         self.config = config
         self.redis = redis
         batch = config.worker.max_batch
         self.worker: Worker[Prepared, Latents, Finished] = Worker(
-            toonifier,
+            engine or toonifier,
             WirePreparer(),
             queue_size=HELD_BATCHES * batch,
             max_batch=batch,

@@ -54,6 +54,18 @@ class _Flight:
     queued_at: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True)
+class _Survey:
+    lanes: int
+    """Live workers times their batch: how many jobs run at once across the cluster."""
+    known: bool
+    """The job is finished already, or still on the stream (its photo is in Redis)."""
+    length: int
+    """Unfinished jobs (waiting or running), from every adapter."""
+    waiting: int
+    """Of them, those no worker has taken yet."""
+
+
 class RedisBackend:
     """Jobs go on `keys.JOBS`, their outcomes come back on `keys.events(job)`."""
 
@@ -120,12 +132,14 @@ class RedisBackend:
         flight = _Flight(handle, fields, keys.JOBS, dump_prepared(prepared), on_progress)
         while True:  # an outage of Redis is waited out: the photo is prepared already
             try:
-                handle.lanes = await self._lanes()
-                if not await self._known(job_id):
-                    if await self.waiting() >= self._queue_size:
+                survey = await self._survey(job_id)
+                handle.lanes = survey.lanes
+                handle.position = max(survey.length, 1)
+                if not survey.known:
+                    if survey.waiting >= self._queue_size:
                         raise QueueFull
                     await self._enqueue(job_id, flight)
-                handle.position = await self._position()
+                    handle.position = survey.length + 1  # every unfinished job is ahead
                 break
             except RedisError as exc:
                 if not self._accepting:
@@ -137,12 +151,7 @@ class RedisBackend:
 
     async def waiting(self) -> int:
         """Jobs on the stream that no worker has taken yet, from every adapter."""
-        length = int(await self._redis.xlen(keys.JOBS))
-        try:
-            pending = int((await self._redis.xpending(keys.JOBS, keys.GROUP))["pending"])
-        except ResponseError:  # no group yet: no worker ever started
-            pending = 0
-        return max(length - pending, 0)
+        return (await self._survey("")).waiting
 
     async def cancel(self, job_id: str) -> bool:
         """Workers see the mark before they start the job, or at its next step."""
@@ -193,11 +202,25 @@ class RedisBackend:
 
     # -- queueing ----------------------------------------------------------------------------
 
-    async def _known(self, job_id: str) -> bool:
-        """Finished already, or still on the stream (its entry id is kept with the photo)."""
-        if await self._redis.exists(keys.result(job_id)):
-            return True
-        return bool(await self._redis.exists(keys.prepared(job_id)))
+    async def _survey(self, job_id: str) -> _Survey:
+        """The queue and the job's traces in Redis, in one round trip."""
+        since = time.time() - self._claim_after
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zcount(keys.WORKERS, since, "+inf")
+            pipe.exists(keys.result(job_id), keys.prepared(job_id))
+            pipe.xlen(keys.JOBS)
+            pipe.xpending(keys.JOBS, keys.GROUP)
+            workers, traces, length, pending = await pipe.execute(raise_on_error=False)
+        for answer in (workers, traces, length):
+            if isinstance(answer, Exception):
+                raise answer
+        taken = 0 if isinstance(pending, ResponseError) else int(pending["pending"])  # no group
+        return _Survey(
+            lanes=max(int(workers), 1) * self._max_batch,
+            known=bool(traces),
+            length=int(length),
+            waiting=max(int(length) - taken, 0),
+        )
 
     async def _enqueue(self, job_id: str, flight: _Flight) -> None:
         """The photo and the stream entry in one transaction: both exist or neither."""
@@ -207,16 +230,6 @@ class RedisBackend:
             pipe.xadd(keys.JOBS, flight.fields)  # type: ignore[arg-type]
             _, entry = await pipe.execute()
         flight.entry = entry.decode()
-
-    async def _position(self) -> int:
-        """Every unfinished job is on the stream, in order: this one is the last."""
-        return max(int(await self._redis.xlen(keys.JOBS)), 1)
-
-    async def _lanes(self) -> int:
-        """Live workers times their batch: how many jobs run at once across the cluster."""
-        since = time.time() - self._claim_after
-        workers = int(await self._redis.zcount(keys.WORKERS, since, "+inf"))
-        return max(workers, 1) * self._max_batch
 
     def _follow(self, key: str, flight: _Flight) -> None:
         self._flights[key] = flight
@@ -308,7 +321,7 @@ class RedisBackend:
             if flight.blob is None:  # a re-render: its codes went with Redis
                 del self._flights[key]
                 flight.handle.finished.set_exception(Expired())
-            elif not await self._known(key):
+            elif not (await self._survey(key)).known:
                 flight.last_event = "0"
                 await self._enqueue(key, flight)
                 lost += 1

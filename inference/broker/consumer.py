@@ -208,15 +208,20 @@ class Consumer:
 
     async def _run(self, entry: Entry) -> None:
         job = entry.job
-        if await self._redis.exists(keys.result(job)):  # queued twice: it was done already
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.result(job))
+            pipe.exists(keys.cancel(job))
+            pipe.get(keys.prepared(job))
+            done, cancelled, stored = await pipe.execute()
+        if done:  # queued twice: it was done already
             await self._store_outcome(
                 entry, job, {"event": Event.FINISHED, "result": keys.result(job)}
             )
             return
-        if await self._redis.exists(keys.cancel(job)):
+        if cancelled:
             await self._fail(entry, job, "cancelled")
             return
-        blob = keys.blob(await self._redis.get(keys.prepared(job)))
+        blob = keys.blob(stored)
         if blob is None:
             await self._fail(entry, job, "expired")
             return
