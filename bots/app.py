@@ -19,13 +19,14 @@ import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bots.adapter import Adapter
 from bots.config import Settings
 from bots.metrics import Metrics
 from bots.ops import start_ops
@@ -49,15 +50,6 @@ T = TypeVar("T")
 PURGE_EVERY = 6 * 3600.0
 # Exit status when a second signal cuts a shutdown short.
 FORCED_EXIT = 130
-
-
-class Adapter(Protocol):
-    """A chat platform's side: registers itself with the service when built."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None:
-        """Also called after a start that failed or was cut short."""
 
 
 class Interrupted(Exception):
@@ -131,7 +123,7 @@ class App:
         self.worker.start()
 
     async def start(self, adapters: list[Adapter]) -> None:
-        """`adapters` have async start() and stop() and register themselves with the service."""
+        """Each adapter registers itself with the service as it starts."""
         await self._start_backend()
         try:
             await self.pool.start()
@@ -226,11 +218,11 @@ def make_adapters(config: Settings, service: ToonService) -> list[Adapter]:
     """The enabled chat adapters; imported here so a disabled platform costs nothing."""
     adapters: list[Adapter] = []
     if config.telegram.enabled:
-        from bots.telegram_bot import TelegramBot
+        from bots.telegram.adapter import TelegramAdapter
 
-        adapters.append(TelegramBot(config.telegram, service))
+        adapters.append(TelegramAdapter(config, service))
     if config.discord.enabled:
-        from bots.discord_bot import DiscordAdapter
+        from bots.discord.adapter import DiscordAdapter
 
         adapters.append(DiscordAdapter(config, service))
     return adapters

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from pydantic import SecretStr
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -23,6 +25,14 @@ MAX_DELAY = 60.0
 
 class StartupFault(Exception):
     """A fault only the operator can fix; str() says what and how, on one line."""
+
+
+def required_token(token: SecretStr | None, platform: str, fix: str) -> str:
+    """The bot token without stray blanks; a missing or blank one ends the start."""
+    value = token.get_secret_value().strip() if token is not None else ""
+    if not value:
+        raise StartupFault(f"the {platform} token is empty: {fix}")
+    return value
 
 
 async def until_reachable(

@@ -248,7 +248,7 @@ COMMANDS = (
 )
 
 
-# ---- Discord (bots/discord_bot.py): commands, buttons and prompts -------------------------
+# ---- Discord (bots/discord/): commands, buttons and prompts -------------------------
 
 DISCORD_DELETE = "Delete"
 DISCORD_STYLE_PLACEHOLDER = "Try another style"

@@ -36,7 +36,7 @@ from inference.encoder_checkpoints import (
     read_encoder_info,
 )
 from inference.errors import ModelLoadError
-from inference.invert import load_perceptual
+from inference.invert import PerceptualModelError, load_perceptual
 from inference.stylegan2 import Generator
 
 SUFFIX = ".safetensors"
@@ -147,11 +147,9 @@ def fetch_perceptual(url: str, target: Path, *, progress: Progress | None = None
     download(url, target, progress=progress)
     try:
         load_perceptual(target)
-    except RuntimeError as exc:
+    except PerceptualModelError:
         target.unlink()
-        raise ModelStoreError(
-            f"{url} is not a TorchScript network ({exc}); nothing was kept"
-        ) from None
+        raise ModelStoreError(f"{url} is not a TorchScript network; nothing was kept") from None
     return target
 
 

@@ -13,11 +13,11 @@ from typing import Any
 from redis.asyncio import Redis
 
 from inference.broker import keys
-from tests.fakes.telegram import FakeTelegram
+from tests.fakes.telegram import FakeTelegram, replies_to
 from tests.support.bot_process import INFERENCE_GATE
 from tests.support.crash_support import BotProcess, write_config
 from tests.support.servers import RedisServer
-from tests.test_crash import WAIT, push_photos, replies_to, successful_toons, used
+from tests.test_crash import WAIT, push_photos, successful_toons, used
 
 WORKER_RUNNING = "toonify worker is running"
 

@@ -12,21 +12,14 @@ from typing import Any
 
 from bots import texts
 from storage import JobStatus, UserRef
-from tests.fakes.telegram import Call, FakeTelegram
+from tests.fakes.server import Call
+from tests.fakes.telegram import FakeTelegram, replies_to
 from tests.support.bot_process import GATE
 from tests.support.crash_support import BotProcess, open_store, write_config
 from tests.support.service_fixtures import face_jpeg
 
 WAIT = 180.0
 SELFIE = face_jpeg()
-
-
-def replies_to(message: dict[str, Any]) -> Any:
-    def check(call: Call) -> bool:
-        reply = call.params.get("reply_parameters") or {}
-        return reply.get("message_id") == message["message_id"]
-
-    return check
 
 
 def bot(tmp_path: Path, fake: FakeTelegram, **env: str) -> BotProcess:
@@ -48,6 +41,21 @@ async def used(folder: Path, user_id: int) -> int:
     store = await open_store(folder)
     try:
         return (await store.quotas.allowance(UserRef("telegram", str(user_id)))).used
+    finally:
+        await store.close()
+
+
+async def status_within(folder: Path, job_id: str, wanted: JobStatus) -> bool:
+    """Whether the job reaches `wanted` within WAIT: the bot marks a toon done only once
+    Telegram's answer to sendPhoto has come back, a moment after the fake recorded the call."""
+    store = await open_store(folder)
+    try:
+        async with asyncio.timeout(WAIT):
+            while (job := await store.jobs.get(job_id)) is None or job.status is not wanted:
+                await asyncio.sleep(0.05)
+        return True
+    except TimeoutError:
+        return False
     finally:
         await store.close()
 
@@ -76,10 +84,7 @@ async def test_a_kill_during_a_delivery_retry_delivers_the_toon_once_after_the_r
     again = await process.start("run").running()
     await fake_telegram.wait_for("sendPhoto", replies_to(photo), within=WAIT)
     await again.wait_for("resumed 1 job")
-    store = await open_store(tmp_path)
-    done = await store.jobs.get(job.id)
-    await store.close()
-    assert done is not None and done.status is JobStatus.DONE
+    assert await status_within(tmp_path, job.id, JobStatus.DONE)
     again.signal(signal.SIGTERM)
     assert await again.exited() == 0
     assert len(successful_toons(fake_telegram, photo)) == 1

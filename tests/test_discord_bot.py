@@ -13,7 +13,7 @@ from PIL import Image
 
 from bots import texts
 from bots.app import App
-from bots.discord_bot import DiscordAdapter, DiscordBot
+from bots.discord.adapter import DiscordAdapter
 from bots.service import RefusalKind, Refused, Requester, Toon, ToonService
 from inference.pipeline import Toonifier
 from tests.fakes.discord import (
@@ -27,23 +27,27 @@ from tests.fakes.discord import (
     FakeUser,
 )
 from tests.support.service_fixtures import cat_jpeg, face_jpeg, settings, tiny_app
+from tests.support.tiny_toonify import PSP_STYLE, write_psp_style
 
 WAIT = 60.0
 
 
 @pytest.fixture(scope="module")
 def styles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The tiny styles plus "arcane": the same model without the weakest strength."""
+    """The tiny styles plus "arcane", the same model without the weakest strength, and
+    "psp", one rendering although its config keeps the default strengths."""
     base = settings(tmp_path_factory.mktemp("base"))
     toon = base.styles[base.style]
     strengths = toon.strengths[1:]
     arcane = {"label": "Arcane", "model": toon.model, "strengths": strengths}
-    return {"arcane": arcane | {"default_strength": strengths[-1]}}
+    return {"arcane": arcane | {"default_strength": strengths[-1]}, "psp": PSP_STYLE}
 
 
 @pytest.fixture(scope="module")
 def toonifier(tmp_path_factory: pytest.TempPathFactory, styles: dict[str, Any]) -> Toonifier:
-    return Toonifier.from_config(settings(tmp_path_factory.mktemp("models"), styles=styles))
+    config = settings(tmp_path_factory.mktemp("models"), styles=styles)
+    write_psp_style(Path(config.models.dir))
+    return Toonifier.from_config(config)
 
 
 @pytest.fixture
@@ -93,14 +97,16 @@ def service(app: App) -> ToonService:
 
 
 @pytest.fixture
-def bot(app: App) -> DiscordBot:
+def bot(app: App) -> DiscordAdapter:
     [adapter] = app._adapters
-    return adapter.client
+    assert isinstance(adapter, DiscordAdapter)
+    return adapter
 
 
 @pytest.fixture
 def strengths(app: App) -> list[int]:
-    return app.config.styles[app.config.style].strengths
+    """Those of the default style, as the service renders them."""
+    return app.service.styles[app.service.default_style].strengths
 
 
 def _public_toon(message: FakeMessage) -> bool:
@@ -135,16 +141,16 @@ def _quota_left(service: ToonService, user: FakeUser) -> Any:
 
 
 async def test_slash_command_defers_privately_reports_progress_and_posts_the_toon(
-    fake: FakeDiscord, bot: DiscordBot, strengths: list[int]
+    fake: FakeDiscord, bot: DiscordAdapter, strengths: list[int]
 ) -> None:
     alice = fake.add_user("alice")
     interaction = await _toonify(fake, alice, style="toon", strength=strengths[0])
 
     toon = await _toon_for(fake, interaction)
-    [callback] = [c for c in fake.calls_named("callback") if c.params["token"] == interaction.token]
+    [callback] = [c for c in fake.calls_of("callback") if c.params["token"] == interaction.token]
     assert callback.payload["type"] == CALLBACK_DEFER
     assert callback.payload["data"]["flags"] & EPHEMERAL
-    edits = [c.payload["content"] for c in fake.calls_named("edit_response")]
+    edits = [c.payload["content"] for c in fake.calls_of("edit_response")]
     assert edits[0].startswith("Found 1 face")
     assert any("%" in text for text in edits)
     assert toon.content.startswith(f"<@{alice.id}> ")
@@ -156,11 +162,11 @@ async def test_slash_command_defers_privately_reports_progress_and_posts_the_too
         ("More toon", False),
         ("Delete", False),
     ]
-    assert {o["value"] for o in toon.selects()[0]["options"]} == {"toon", "arcane"}
+    assert {o["value"] for o in toon.selects()[0]["options"]} == {"toon", "arcane", "psp"}
 
 
 async def test_message_menu_toonifies_the_photo_of_a_message(
-    fake: FakeDiscord, bot: DiscordBot
+    fake: FakeDiscord, bot: DiscordAdapter
 ) -> None:
     poster, fan = fake.add_user("poster"), fake.add_user("fan")
     post = await fake.post_in_server(poster, attachments=[fake.attachment(face_jpeg())])
@@ -171,7 +177,7 @@ async def test_message_menu_toonifies_the_photo_of_a_message(
     assert all(b["custom_id"].endswith(f":{fan.id}") for b in toon.buttons())
 
 
-async def test_dm_photo_gets_a_toon_in_reply(fake: FakeDiscord, bot: DiscordBot) -> None:
+async def test_dm_photo_gets_a_toon_in_reply(fake: FakeDiscord, bot: DiscordAdapter) -> None:
     dana = fake.add_user("dana")
     photo = await fake.send_dm(dana, attachments=[fake.attachment(face_jpeg())])
 
@@ -180,7 +186,7 @@ async def test_dm_photo_gets_a_toon_in_reply(fake: FakeDiscord, bot: DiscordBot)
         return next((m for m in mine if m.attachments), None)
 
     reply = await fake.wait_until(toon, within=WAIT, what="a toon in the DM")
-    assert fake.calls_named("typing")
+    assert fake.calls_of("typing")
     assert reply.message_reference and reply.message_reference["message_id"] == str(photo.id)
     assert [b["label"] for b in reply.buttons()] == ["Less toon", "More toon", "Delete"]
     await fake.wait_until(
@@ -189,15 +195,15 @@ async def test_dm_photo_gets_a_toon_in_reply(fake: FakeDiscord, bot: DiscordBot)
     )
 
 
-async def test_dm_without_a_photo_gets_help(fake: FakeDiscord, bot: DiscordBot) -> None:
+async def test_dm_without_a_photo_gets_help(fake: FakeDiscord, bot: DiscordAdapter) -> None:
     sent = await fake.send_dm(fake.add_user("erin"), "hello?")
-    call = await fake.wait_for_call("create_message")
+    call = await fake.wait_for("create_message")
     assert call.params["channel"] == str(sent.channel_id)
     assert call.payload["content"] == texts.DISCORD_HELP
 
 
 async def test_no_face_is_refused_privately_and_costs_nothing(
-    fake: FakeDiscord, bot: DiscordBot, service: ToonService
+    fake: FakeDiscord, bot: DiscordAdapter, service: ToonService
 ) -> None:
     frank = fake.add_user("frank")
     before = await _quota_left(service, frank)
@@ -217,7 +223,7 @@ async def test_no_face_is_refused_privately_and_costs_nothing(
 )
 async def test_uploads_refused_before_downloading(
     fake: FakeDiscord,
-    bot: DiscordBot,
+    bot: DiscordAdapter,
     content_type: str,
     size: int | None,
     expected: str,
@@ -226,10 +232,12 @@ async def test_uploads_refused_before_downloading(
     interaction = await _toonify(fake, fake.add_user("gil"), image=upload)
 
     assert (await _refusal(fake, interaction)).content == expected
-    assert fake.calls_named("download") == []
+    assert fake.calls_of("download") == []
 
 
-async def test_attachments_only_come_from_allowed_hosts(fake: FakeDiscord, bot: DiscordBot) -> None:
+async def test_attachments_only_come_from_allowed_hosts(
+    fake: FakeDiscord, bot: DiscordAdapter
+) -> None:
     upload = fake.attachment(face_jpeg())
     upload["url"] = "http://127.0.0.2:9/attachments/1/2/x.jpg"
     interaction = await _toonify(fake, fake.add_user("hal"), image=upload)
@@ -238,7 +246,7 @@ async def test_attachments_only_come_from_allowed_hosts(fake: FakeDiscord, bot: 
 
 
 async def test_a_strength_the_style_lacks_is_refused(
-    fake: FakeDiscord, bot: DiscordBot, strengths: list[int]
+    fake: FakeDiscord, bot: DiscordAdapter, strengths: list[int]
 ) -> None:
     interaction = await _toonify(fake, fake.add_user("ivy"), style="arcane", strength=strengths[0])
 
@@ -246,8 +254,23 @@ async def test_a_strength_the_style_lacks_is_refused(
     assert refusal.content == texts.bad_strength(strengths[0], "Arcane", strengths[1:])
 
 
+async def test_a_strength_a_one_rendering_style_lacks_is_refused_clearly(
+    fake: FakeDiscord, bot: DiscordAdapter, service: ToonService
+) -> None:
+    """A psp style renders at 32 only, whatever strengths its config section keeps."""
+    ivy = fake.add_user("ivy")
+    before = await _quota_left(service, ivy)
+    interaction = await _toonify(fake, ivy, style="psp", strength=8)
+
+    refusal = await _refusal(fake, interaction)
+    internal = texts.internal_error("ID").removesuffix("ID")
+    assert not refusal.content.startswith(internal)
+    assert "32" in refusal.content  # the strength it has
+    assert await _quota_left(service, ivy) == before
+
+
 async def test_toons_over_the_upload_limit_are_scaled_down(
-    fake: FakeDiscord, bot: DiscordBot
+    fake: FakeDiscord, bot: DiscordAdapter
 ) -> None:
     fake.upload_limit = 8_000
     interaction = await _toonify(fake, fake.add_user("kim"))
@@ -258,7 +281,7 @@ async def test_toons_over_the_upload_limit_are_scaled_down(
 
 
 async def test_buttons_re_render_in_place_for_the_requester_only(
-    fake: FakeDiscord, bot: DiscordBot, strengths: list[int]
+    fake: FakeDiscord, bot: DiscordAdapter, strengths: list[int]
 ) -> None:
     owner, other = fake.add_user("owner"), fake.add_user("other")
     toon = await _toon_for(fake, await _toonify(fake, owner, strength=strengths[0]))
@@ -266,7 +289,7 @@ async def test_buttons_re_render_in_place_for_the_requester_only(
 
     press = await fake.press_button(toon, "More toon", user=owner)
     await fake.wait_until(lambda: f"strength {strengths[1]}" in toon.content or None, within=WAIT)
-    [callback] = [c for c in fake.calls_named("callback") if c.params["token"] == press.token]
+    [callback] = [c for c in fake.calls_of("callback") if c.params["token"] == press.token]
     assert callback.payload["type"] == CALLBACK_UPDATE
     assert all(b.get("disabled") for b in callback.payload["data"]["components"][0]["components"])
     await fake.wait_until(lambda: fake.files_of(toon) != before or None)
@@ -280,7 +303,7 @@ async def test_buttons_re_render_in_place_for_the_requester_only(
     await fake.wait_until(lambda: "Arcane" in toon.content or None, within=WAIT)
 
 
-async def test_only_the_requester_may_delete(fake: FakeDiscord, bot: DiscordBot) -> None:
+async def test_only_the_requester_may_delete(fake: FakeDiscord, bot: DiscordAdapter) -> None:
     owner, other = fake.add_user("owner"), fake.add_user("other")
     toon = await _toon_for(fake, await _toonify(fake, owner))
 
@@ -294,7 +317,7 @@ async def test_only_the_requester_may_delete(fake: FakeDiscord, bot: DiscordBot)
 
 
 async def test_admin_commands_obey_bot_admins_only(
-    fake: FakeDiscord, bot: DiscordBot, service: ToonService, admin: FakeUser
+    fake: FakeDiscord, bot: DiscordAdapter, service: ToonService, admin: FakeUser
 ) -> None:
     manager, target = fake.add_user("manager", manage_guild=True), fake.add_user("target")
     await _toon_for(fake, await _toonify(fake, target))
@@ -316,7 +339,7 @@ async def test_admin_commands_obey_bot_admins_only(
 
 
 async def test_server_managers_set_their_servers_default_quota(
-    fake: FakeDiscord, bot: DiscordBot
+    fake: FakeDiscord, bot: DiscordAdapter
 ) -> None:
     manager, member = fake.add_user("manager", manage_guild=True), fake.add_user("member")
     opened = {"user": member, "bypass_permissions": True}
@@ -351,11 +374,13 @@ async def test_commands_sync_to_configured_servers_only(
         assert set(synced) == {"toonify", "Toonify", "toonify-admin"}
         assert synced["toonify-admin"]["default_member_permissions"] == str(MANAGE_GUILD)
         choices = {o["name"]: o.get("choices") for o in synced["toonify"]["options"]}
-        offered = sorted({r for s in app.config.styles.values() for r in s.strengths})
-        assert [c["value"] for c in choices["strength"]] == offered
+        assert [c["value"] for c in choices["style"]] == list(app.service.styles)
+        # What the styles render: the psp style's configured strengths (up to 64) are not.
+        rendered = sorted({r for s in app.service.styles.values() for r in s.strengths})
+        assert [c["value"] for c in choices["strength"]] == rendered == [8, 16, 32]
 
 
-async def test_survives_a_gateway_loss(fake: FakeDiscord, bot: DiscordBot) -> None:
+async def test_survives_a_gateway_loss(fake: FakeDiscord, bot: DiscordAdapter) -> None:
     await fake.drop_connection()
     await fake.wait_until_ready()
     await _toon_for(fake, await _toonify(fake, fake.add_user("jo")))
@@ -363,7 +388,7 @@ async def test_survives_a_gateway_loss(fake: FakeDiscord, bot: DiscordBot) -> No
 
 
 async def test_jobs_resumed_after_a_restart_answer_through_the_channel(
-    fake: FakeDiscord, app: App, bot: DiscordBot
+    fake: FakeDiscord, app: App, bot: DiscordAdapter
 ) -> None:
     lee = fake.add_user("lee")
     toon_message = await _toon_for(fake, await _toonify(fake, lee))
@@ -387,12 +412,10 @@ async def test_jobs_resumed_after_a_restart_answer_through_the_channel(
         faces_only=False,
     )
     await bot.reply_for(ref).deliver(toon)
-    posted = await fake.wait_for_call("create_message")
+    posted = await fake.wait_for("create_message")
     assert posted.params["channel"] == str(fake.channel_id)
     assert posted.payload["content"] == f"<@{lee.id}> Toon · strength 32"
 
     await bot.reply_for(ref).fail(Refused(RefusalKind.RESEND, texts.RESTARTED))
-    told = await fake.wait_for_call(
-        "create_message", lambda c: c.payload["content"] == texts.RESTARTED
-    )
+    told = await fake.wait_for("create_message", lambda c: c.payload["content"] == texts.RESTARTED)
     assert told.params["channel"] == str(fake.dm_channel(lee))

@@ -88,12 +88,12 @@ async def test_slash_command_defers_then_sends_a_file(
     )
 
     reply = await fake.wait_for_response(interaction, lambda m: m.attachments)
-    callback = fake.calls_named("callback")[0]
+    callback = fake.calls_of("callback")[0]
     assert callback.payload["type"] == CALLBACK_DEFER
     assert fake.files_of(reply) == [image]
     assert not reply.ephemeral
-    assert [c.files[0].data for c in fake.calls_named("followup")] == [image]
-    assert len(fake.calls_named("download")) == 1
+    assert [c.files["files[0]"].data for c in fake.calls_of("followup")] == [image]
+    assert len(fake.calls_of("download")) == 1
 
 
 async def test_dm_image_gets_a_reply(fake: FakeDiscord, client: EchoClient) -> None:
@@ -101,8 +101,8 @@ async def test_dm_image_gets_a_reply(fake: FakeDiscord, client: EchoClient) -> N
     image = _png("blue")
     sent = await fake.send_dm(bob, attachments=[fake.attachment(image, "in.png")])
 
-    call = await fake.wait_for_call("create_message")
-    assert call.files[0].data == image
+    call = await fake.wait_for("create_message")
+    assert call.files["files[0]"].data == image
     [reply] = fake.channel_messages(sent.channel_id)[1:]
     assert reply.message_reference is not None
     assert reply.message_reference["message_id"] == str(sent.id)
@@ -146,8 +146,8 @@ async def test_acknowledging_too_late_fails_like_discord(
     fake.ack_deadline = 0.1
     await fake.slash_command("slow", user=fake.add_user("finn"))
 
-    late = await fake.wait_for_call("callback")
-    assert (late.status, late.reply["code"]) == (404, 10062)
+    late = await fake.wait_until(lambda: next(iter(fake.calls_of("callback")), None))
+    assert (late.status, late.result["code"]) == (404, 10062)
 
 
 async def test_options_are_checked_like_discords_client(

@@ -132,7 +132,7 @@ async def test_photo_download_and_uploads(fake_telegram: FakeTelegram) -> None:
     assert photo.files["photo"].filename == "toon.jpg"
     assert document.files["document"].data == b"png-bytes"
     assert document.files["document"].content_type == "image/png"
-    assert [c.method for c in fake_telegram.calls_of("getFile", "download")] == [
+    assert [c.name for c in fake_telegram.calls_of("getFile", "download")] == [
         "getFile",
         "download",
     ]
@@ -230,5 +230,5 @@ async def test_bot_api_refusals_match_telegram(fake_telegram: FakeTelegram) -> N
 
 
 async def test_wait_for_names_what_it_saw(fake_telegram: FakeTelegram) -> None:
-    with pytest.raises(AssertionError, match="no matching sendPhoto"):
+    with pytest.raises(AssertionError, match="waiting for a successful sendPhoto"):
         await fake_telegram.wait_for("sendPhoto", within=0.05)

@@ -39,7 +39,7 @@ from tests.support.service_fixtures import (
     submit,
     tiny_app,
 )
-from tests.support.tiny_toonify import write_tiny_psp
+from tests.support.tiny_toonify import PSP_STYLE, write_psp_style
 
 HANG_BUDGET = 20.0
 
@@ -324,8 +324,8 @@ async def test_a_psp_style_refuses_a_strength_it_lacks_in_words_and_charges_noth
     tmp_path: Path,
 ) -> None:
     (tmp_path / "models").mkdir()
-    psp = write_tiny_psp(tmp_path / "models", resolution=64)  # its one strength: 64
-    async with tiny_app(tmp_path, styles={"psp": psp}) as app:
+    write_psp_style(tmp_path / "models", resolution=64)  # its one strength: 64
+    async with tiny_app(tmp_path, styles={"psp": PSP_STYLE}) as app:
         assert app.service.styles["psp"].strengths == [64]
         words = texts.bad_strength(32, "pSp", [64])
         with pytest.raises(Refused) as chosen:

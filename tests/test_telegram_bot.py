@@ -20,11 +20,13 @@ from telegram.error import BadRequest
 from bots import texts
 from bots.config import Settings
 from bots.service import Toon, ToonService
-from bots.telegram_bot import TelegramBot
+from bots.telegram.adapter import TelegramAdapter
 from inference.pipeline import Toonifier
 from storage import Admitted, JobStatus, NewJob, Store, UserRef
-from tests.fakes.telegram import Call, FakeTelegram, buttons
+from tests.fakes.server import Call
+from tests.fakes.telegram import FakeTelegram, buttons, replies_to
 from tests.support.service_fixtures import cat_jpeg, face_jpeg, settings, tiny_app
+from tests.support.tiny_toonify import PSP_STYLE, write_psp_style
 
 ADMIN = 1
 ADA = 7
@@ -36,8 +38,11 @@ CAT = cat_jpeg()
 
 @pytest.fixture(scope="module")
 def toonifier(tmp_path_factory: pytest.TempPathFactory) -> Toonifier:
-    """Tiny models loaded once for the module; every test still gets its own app."""
-    return Toonifier.from_config(settings(tmp_path_factory.mktemp("models")))
+    """Tiny models loaded once for the module (every test still gets its own app): "toon",
+    and "psp", one rendering although its config keeps the default strengths."""
+    config = settings(tmp_path_factory.mktemp("models"), styles={"psp": PSP_STYLE})
+    write_psp_style(Path(config.models.dir))
+    return Toonifier.from_config(config)
 
 
 @asynccontextmanager
@@ -47,12 +52,12 @@ async def running(
     toonifier: Toonifier,
     telegram: dict[str, Any] | None = None,
     **sections: dict[str, Any],
-) -> AsyncIterator[TelegramBot]:
+) -> AsyncIterator[TelegramAdapter]:
     """The whole app with the Telegram adapter talking to `fake`."""
-    adapters: list[TelegramBot] = []
+    adapters: list[TelegramAdapter] = []
 
     def telegram_only(config: Settings, service: ToonService) -> list[Any]:
-        adapters.append(TelegramBot(config.telegram, service))
+        adapters.append(TelegramAdapter(config, service))
         return list(adapters)
 
     config = {
@@ -63,19 +68,16 @@ async def running(
         "file_base_url": fake.base_file_url,
         **(telegram or {}),
     }
+    styles = {"psp": PSP_STYLE}
     async with tiny_app(
-        tmp_path, adapters=telegram_only, toonifier=toonifier, telegram=config, **sections
+        tmp_path,
+        adapters=telegram_only,
+        toonifier=toonifier,
+        telegram=config,
+        styles=styles,
+        **sections,
     ):
         yield adapters[0]
-
-
-def replies_to(message: dict[str, Any]) -> Any:
-    def check(call: Call) -> bool:
-        return (call.params.get("reply_parameters") or {}).get("message_id") == message[
-            "message_id"
-        ]
-
-    return check
 
 
 async def ask(fake: FakeTelegram, chat: dict[str, Any], user: dict[str, Any], text: str) -> Call:
@@ -222,6 +224,31 @@ async def test_button_press_rerenders_in_place(
     assert next(iter(edit.files.values())).data[:2] == b"\xff\xd8"
     assert edit.params["media"]["caption"] != toon.params["caption"]
     assert texts.MORE_TOON in labels(edit) or texts.LESS_TOON in labels(edit)
+
+
+async def test_a_one_rendering_style_offers_no_strengths_and_never_fails_on_one(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    """The psp style renders at 32 only: its toon has no Less or More toon, and a press
+    asking for another strength (an old or forged button) gets the same toon again."""
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.private_chat(ada)
+    async with running(fake_telegram, tmp_path, toonifier):
+        photo = fake_telegram.push_message(chat, ada, photo=fake_telegram.add_file(SELFIE))
+        toon = await fake_telegram.wait_for("sendPhoto", replies_to(photo), within=30)
+        psp = next(b for b in buttons(toon) if b["text"] == "pSp")
+        fake_telegram.push_callback(ada, toon.result, psp["callback_data"])
+        edit = await fake_telegram.wait_for("editMessageMedia", within=30)
+        mark = fake_telegram.mark()
+        less = psp["callback_data"].replace("style:psp", "less")
+        fake_telegram.push_callback(ada, toon.result, less)
+        again = await fake_telegram.wait_for("editMessageMedia", after=mark, within=30)
+    assert edit.params["media"]["caption"] == texts.caption("pSp", 32, 1, [])
+    assert texts.LESS_TOON not in labels(edit) and texts.MORE_TOON not in labels(edit)
+    assert again.params["media"]["caption"] == edit.params["media"]["caption"]
+    internal = texts.internal_error("ID").removesuffix("ID")
+    said = [c.params["text"] for c in fake_telegram.calls_of("sendMessage")]
+    assert not [text for text in said if text.startswith(internal)]
 
 
 async def test_expired_buttons_say_so(

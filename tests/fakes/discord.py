@@ -4,7 +4,8 @@ It keeps just enough state (users, channels, messages, interactions, synced comm
 answer the way Discord does, and enforces the rules that bite bots in production: the 3 s
 acknowledgement window, one acknowledgement per interaction, a deferred response keeping
 its visibility, gateway intents, the commands a member may see, and Discord's size limits.
-Every REST call is recorded; tests wait on the record, never on the bot's handlers.
+Every REST call is recorded; tests wait on the record, never on the bot's handlers
+(tests/fakes/server.py).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
-from typing import Any, TypeVar
+from typing import Any
 
 import discord
 import yarl
 from aiohttp import BodyPartReader, WSMsgType, web
 from PIL import Image
+
+from tests.fakes.server import MAX_BODY, Call, FakeServer, Upload
 
 API_PREFIX = "/api/v10"
 # Discord's upload limit outside boosted servers (discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES).
@@ -99,30 +102,6 @@ class FakeUser:
             "avatar": None,
             "permissions": str(self.permissions),
         }
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One file of a multipart request."""
-
-    filename: str
-    data: bytes
-    content_type: str
-
-
-@dataclass
-class Call:
-    """One REST request as the fake received and answered it."""
-
-    name: str
-    method: str
-    path: str
-    params: dict[str, str]
-    query: dict[str, str]
-    payload: Any
-    files: list[Upload]
-    status: int
-    reply: Any
 
 
 @dataclass
@@ -248,13 +227,13 @@ class Reply:
 
 
 _Handler = Callable[[_Request], Awaitable[Reply]]
-T = TypeVar("T")
 
 
-class FakeDiscord:
+class FakeDiscord(FakeServer):
     """Discord for one bot: one application, one server with one text channel, DMs."""
 
     def __init__(self, *, token: str = "fake-bot-token", heartbeat_ms: int = 41_250) -> None:
+        super().__init__()
         self.token = token
         self.heartbeat_ms = heartbeat_ms
         self.ack_deadline = 3.0
@@ -264,7 +243,6 @@ class FakeDiscord:
         self.owner = FakeUser(snowflake(), "owner", permissions=MEMBER | MANAGE_GUILD)
         self.guild_id = snowflake()
         self.channel_id = snowflake()
-        self.calls: list[Call] = []
         self.errors: list[str] = []
         self.unknown_routes: list[str] = []
         self.messages: dict[int, FakeMessage] = {}
@@ -285,8 +263,6 @@ class FakeDiscord:
         self._seq = 0
         self._session_id: str | None = None
         self._ready = asyncio.Event()
-        self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
         self.base_url = ""
 
     # ---------------------------------------------------------------- lifecycle
@@ -319,7 +295,7 @@ class FakeDiscord:
             raise AssertionError(f"fake Discord: {fake.errors + fake.unknown_routes}")
 
     async def _start(self) -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=MAX_BODY)
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/attachments/{channel}/{attachment}/{filename}", self._download)
         routes: list[tuple[str, str, str, _Handler]] = [
@@ -368,51 +344,14 @@ class FakeDiscord:
         for method, path, name, handler in routes:
             app.router.add_route(method, API_PREFIX + path, self._wrap(name, handler))
         app.router.add_route("*", "/{tail:.*}", self._unknown)
-        self._runner = web.AppRunner(app, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.base_url = f"http://127.0.0.1:{port}"
+        self.base_url = await self._listen(app)
 
     async def _stop(self) -> None:
         if self._ws is not None:
             await self._ws.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._stop_listening()
 
     # ---------------------------------------------------------------- waiting
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_until(
-        self, probe: Callable[[], T | None], *, within: float = 10.0, what: str = "condition"
-    ) -> T:
-        """Re-evaluate `probe` after every change until it returns something other than None."""
-        try:
-            async with asyncio.timeout(within), self._changed:
-                while (found := probe()) is None:
-                    await self._changed.wait()
-                return found
-        except TimeoutError:
-            seen = ", ".join(f"{c.method} {c.path} -> {c.status}" for c in self.calls)
-            raise AssertionError(f"timed out waiting for {what}; calls: [{seen}]") from None
-
-    async def wait_for_call(
-        self,
-        name: str,
-        where: Callable[[Call], bool] = lambda _: True,
-        *,
-        within: float = 10.0,
-    ) -> Call:
-        """The first recorded call named `name` that satisfies `where`, waiting for it."""
-
-        def probe() -> Call | None:
-            return next((c for c in self.calls if c.name == name and where(c)), None)
-
-        return await self.wait_until(probe, within=within, what=f"call {name}")
 
     async def wait_for_response(
         self,
@@ -427,9 +366,6 @@ class FakeDiscord:
             return next((m for m in self.responses(interaction) if where(m)), None)
 
         return await self.wait_until(probe, within=within, what="a response")
-
-    def calls_named(self, name: str) -> list[Call]:
-        return [c for c in self.calls if c.name == name]
 
     async def wait_until_ready(self, within: float = 10.0) -> None:
         """Until a client has identified (or resumed) and may receive events."""
@@ -655,7 +591,7 @@ class FakeDiscord:
             self.resumes += 1
             await self._send_event(ws, "RESUMED", {})
             self._ready.set()
-        await self._notify()
+        self.changed()
 
     async def _send_event(self, ws: web.WebSocketResponse, event: str, data: Any) -> None:
         self._seq += 1
@@ -837,7 +773,11 @@ class FakeDiscord:
         async def serve(request: web.Request) -> web.Response:
             payload, files = await _read_body(request)
             parsed = _Request(
-                dict(request.match_info), request.query, payload, files, request.headers
+                dict(request.match_info),
+                request.query,
+                payload,
+                list(files.values()),
+                request.headers,
             )
             try:
                 reply = await handler(parsed)
@@ -846,20 +786,9 @@ class FakeDiscord:
             except Exception as exc:
                 self.errors.append(f"{request.method} {request.path}: {exc!r}")
                 reply = Reply(400, {"message": f"fake Discord failed: {exc!r}", "code": 0})
-            self.calls.append(
-                Call(
-                    name,
-                    request.method,
-                    request.path,
-                    dict(request.match_info),
-                    dict(request.query),
-                    payload,
-                    files,
-                    reply.status,
-                    reply.body,
-                )
+            self.record(
+                Call(name, parsed.params, files, payload, status=reply.status, result=reply.body)
             )
-            await self._notify()
             return _respond(reply)
 
         return serve
@@ -874,11 +803,9 @@ class FakeDiscord:
 
     async def _download(self, request: web.Request) -> web.Response:
         attachment_id = int(request.match_info["attachment"])
-        self.calls.append(
-            Call("download", "GET", request.path, dict(request.match_info), {}, None, [], 200, None)
-        )
-        await self._notify()
-        if attachment_id not in self._blobs:
+        found = attachment_id in self._blobs
+        self.record(Call("download", dict(request.match_info), status=200 if found else 404))
+        if not found:
             return web.Response(status=404)
         kind = mimetypes.guess_type(request.match_info["filename"])[0]
         return web.Response(body=self._blobs[attachment_id], content_type=kind)
@@ -975,7 +902,7 @@ class FakeDiscord:
             message = self._new_response(interaction, data, request.files, loading=loading)
         interaction.response_type = kind
         interaction.original_id = message.id
-        await self._notify()
+        self.changed()
         body: dict[str, Any] = {
             "interaction": {
                 "id": str(interaction.id),
@@ -1158,21 +1085,21 @@ class FakeDiscord:
             raise FakeError(400, 50006, "Cannot send an empty message")
         message.content, message.embeds, message.components = content, embeds, components
         channel = message.channel_id
-        uploaded = [self.attachment(u.data, u.filename, channel_id=channel) for u in files]
+        uploaded = [self.attachment(u.data, u.filename or "", channel_id=channel) for u in files]
         message.attachments = kept + uploaded
         message.edited = not new
         if not placeholder:
             message.flags &= ~LOADING
 
 
-async def _read_body(request: web.Request) -> tuple[Any, list[Upload]]:
+async def _read_body(request: web.Request) -> tuple[Any, dict[str, Upload]]:
     """JSON body, or multipart `payload_json` plus `files[n]` parts."""
     if request.content_type == "application/json":
-        return await request.json(), []
+        return await request.json(), {}
     if not request.content_type.startswith("multipart/"):
-        return None, []
+        return None, {}
     payload: Any = None
-    files: list[Upload] = []
+    files: dict[str, Upload] = {}
     reader = await request.multipart()
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
@@ -1182,7 +1109,7 @@ async def _read_body(request: web.Request) -> tuple[Any, list[Upload]]:
         else:
             data = bytes(await part.read())
             kind = part.headers.get("Content-Type", "application/octet-stream")
-            files.append(Upload(part.filename or "", data, kind))
+            files[part.name or ""] = Upload(part.filename or "", kind, data)
     return payload, files
 
 

@@ -11,7 +11,7 @@ connection (`drop_next`).
 Tests push updates with the builders (`user`, `private_chat`, `group_chat`, `add_file`,
 `push_message`, `push_callback`): getUpdates long polls hand them out, or, once the bot has set
 a webhook, they are POSTed to it with the secret token. Tests then wait on the record with
-`wait_for` (`mark` to skip what came before).
+`wait_for` (`mark` to skip what came before; tests/fakes/server.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -32,13 +32,14 @@ import pytest
 from aiohttp import web
 from PIL import Image, UnidentifiedImageError
 
+from tests.fakes.server import MAX_BODY, Call, FakeServer, Upload
+
 Json = dict[str, Any]
 
 BOT_ID = 4242
 BOT_USERNAME = "toonify_test_bot"
 TOKEN = f"{BOT_ID}:FAKE-token-for-tests-only-0123456789"
 THUMB_SIDE = 90
-MAX_BODY = 64 * 1024 * 1024
 MAX_PHOTO_BYTES = 10_000_000
 MAX_PHOTO_SIDES = 10_000
 TELEGRAM_CALLBACK_TIMEOUT = 15.0
@@ -58,35 +59,6 @@ class ApiError(Exception):
         if self.retry_after is not None:
             body["parameters"] = {"retry_after": self.retry_after}
         return body
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One file part of a multipart call."""
-
-    filename: str | None
-    content_type: str
-    data: bytes
-
-
-@dataclass
-class Call:
-    """One request the bot made. `params` values are JSON-decoded where they are JSON.
-
-    `status` is the HTTP status answered (0 when the connection was dropped); `result` is the
-    `result` of a successful answer.
-    """
-
-    method: str
-    params: Json
-    files: dict[str, Upload]
-    status: int = 200
-    result: Any = None
-    at: float = field(default_factory=time.monotonic)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 200
 
 
 @dataclass(frozen=True)
@@ -189,10 +161,11 @@ def _thumbnail(data: bytes) -> bytes:
     return out.getvalue()
 
 
-class FakeTelegram:
+class FakeTelegram(FakeServer):
     """The fake server. Use as `async with FakeTelegram() as api:` or via the fixture."""
 
     def __init__(self, token: str = TOKEN) -> None:
+        super().__init__()
         self.token = token
         self.bot_user: Json = {
             "id": BOT_ID,
@@ -203,7 +176,6 @@ class FakeTelegram:
             "can_read_all_group_messages": False,
             "supports_inline_queries": False,
         }
-        self.calls: list[Call] = []
         self.commands: list[Json] = []
         self.webhook_url = ""
         self._webhook_secret: str | None = None
@@ -217,8 +189,6 @@ class FakeTelegram:
         self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
         self._always: dict[str, ApiError] = {}
         self._ids = itertools.count(1)
-        self._changed = asyncio.Event()
-        self._runner: web.AppRunner | None = None
         self.url = ""
         self._methods: dict[str, Callable[[Json, dict[str, Upload]], Awaitable[Any]]] = {
             "getMe": self._get_me,
@@ -250,19 +220,12 @@ class FakeTelegram:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_route("*", "/bot{token}/{method}", self._on_method)
         app.router.add_get("/file/bot{token}/{path:.+}", self._on_download)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self.url = await self._listen(app)
 
     async def stop(self) -> None:
         for task in list(self._deliveries):
             task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._stop_listening()
 
     async def __aenter__(self) -> FakeTelegram:
         await self.start()
@@ -412,49 +375,7 @@ class FakeTelegram:
         """Close the connection of the next call of `method` without answering."""
         self._failures[method].append(_Failure(None))
 
-    # ---- the record -----------------------------------------------------------------------
-
-    def mark(self) -> int:
-        """A point in the record, for `wait_for(after=...)`."""
-        return len(self.calls)
-
-    def calls_of(self, *methods: str) -> list[Call]:
-        return [c for c in self.calls if c.method in methods]
-
-    async def wait_for(
-        self,
-        method: str,
-        where: Callable[[Call], bool] | None = None,
-        *,
-        after: int = 0,
-        within: float = 5.0,
-    ) -> Call:
-        """The first successful call of `method` that `where` accepts, made already or later.
-
-        `after` skips the calls recorded before `mark()` returned it.
-        """
-
-        def find() -> Call | None:
-            for call in self.calls[after:]:
-                if call.method == method and call.ok and (where is None or where(call)):
-                    return call
-            return None
-
-        try:
-            async with asyncio.timeout(within):
-                while (found := find()) is None:
-                    await self._changed.wait()
-                return found
-        except TimeoutError:
-            seen = ", ".join(f"{c.method}:{c.status}" for c in self.calls)
-            raise AssertionError(f"no matching {method} within {within}s; calls: {seen}") from None
-
     # ---- the server side ------------------------------------------------------------------
-
-    def _changed_now(self) -> None:
-        """Wake everyone waiting for a new call or update."""
-        self._changed.set()
-        self._changed = asyncio.Event()
 
     def _push(self, update: Json) -> None:
         """Queue an update for getUpdates, or POST it to the webhook when one is set."""
@@ -465,7 +386,7 @@ class FakeTelegram:
             task.add_done_callback(self._deliveries.discard)
             return
         self._updates.append(update)
-        self._changed_now()
+        self.changed()
 
     async def _post_to_webhook(self, update: Json) -> None:
         headers = {}
@@ -475,11 +396,7 @@ class FakeTelegram:
             aiohttp.ClientSession() as session,
             session.post(self.webhook_url, json=update, headers=headers) as response,
         ):
-            self._record(Call("webhook", update, {}, response.status))
-
-    def _record(self, call: Call) -> None:
-        self.calls.append(call)
-        self._changed_now()
+            self.record(Call("webhook", update, status=response.status))
 
     async def _read(self, request: web.Request) -> tuple[Json, dict[str, Upload]]:
         params: Json = {}
@@ -504,7 +421,7 @@ class FakeTelegram:
             failure = self._failures[method].popleft()
             if failure.error is None:
                 call.status = 0
-                self._record(call)
+                self.record(call)
                 assert request.transport is not None
                 request.transport.close()
                 raise asyncio.CancelledError
@@ -522,16 +439,16 @@ class FakeTelegram:
     async def _answer(self, call: Call, error: ApiError | None) -> web.Response:
         if error is not None:
             call.status = error.code
-            self._record(call)
+            self.record(call)
             return web.json_response(error.body(), status=error.code)
-        self._record(call)
+        self.record(call)
         return web.json_response({"ok": True, "result": call.result})
 
     async def _on_download(self, request: web.Request) -> web.Response:
         path = request.match_info["path"]
         found = next((f for f in self.files.values() if f.file_path == path), None)
         ok = request.match_info["token"] == self.token and found is not None
-        self._record(Call("download", {"file_path": path}, {}, 200 if ok else 404))
+        self.record(Call("download", {"file_path": path}, status=200 if ok else 404))
         if not ok or found is None:
             return web.json_response(ApiError(404, "Not Found").body(), status=404)
         return web.Response(body=found.data, content_type="application/octet-stream")
@@ -652,7 +569,7 @@ class FakeTelegram:
             try:
                 async with asyncio.timeout(float(params.get("timeout") or 0)):
                     while not self._updates:
-                        await self._changed.wait()
+                        await self.next_change()
             except TimeoutError:
                 return []
         return list(itertools.islice(self._updates, limit))
@@ -757,6 +674,16 @@ class FakeTelegram:
         if not params.get("action"):
             raise ApiError(400, "Bad Request: wrong parameter action in request")
         return True
+
+
+def replies_to(message: Json) -> Callable[[Call], bool]:
+    """For `wait_for`: the call answers `message` (sends a reply to it)."""
+
+    def check(call: Call) -> bool:
+        reply = call.params.get("reply_parameters") or {}
+        return bool(reply.get("message_id") == message["message_id"])
+
+    return check
 
 
 def buttons(call: Call) -> list[Json]:

@@ -20,13 +20,18 @@ from typing import Any
 import torch
 
 from inference.checkpoints import save_generator
+from inference.encoder_checkpoints import import_encoder, read_encoder_checkpoint
+from inference.invert import w_stats
 from inference.stylegan2 import Generator
+from tests.support.tiny_encoders import tiny_encoder, write_public_checkpoint
 from tests.support.tiny_models import tiny_generator
 
 # Trained generators add noise as fine detail only; tiny_generator's random noise strengths
 # are large enough to drown the image, which no latent could then reproduce.
 NOISE_STRENGTH_SCALE = 0.05
 SOURCE = "tests.support.tiny_toonify"
+# A [styles] entry for the model write_psp_style writes.
+PSP_STYLE = {"kind": "psp", "model": "psp", "label": "pSp"}
 
 
 def tiny_face_generator(resolution: int = 32, seed: int = 0) -> Generator:
@@ -86,26 +91,16 @@ def write_tiny_models(
     }
 
 
-def write_tiny_psp(models_dir: Path, name: str = "psp", resolution: int = 64) -> dict[str, Any]:
-    """Write a pSp "toonify" checkpoint whose decoder renders `resolution` px (its one
-    strength) into `models_dir` as `name`, imported as `toonify models import` does, and return
-    its [styles] entry. The entry keeps the default strengths, as a psp style's config does."""
-    from inference.encoder_checkpoints import import_encoder, read_encoder_checkpoint
-    from inference.invert import w_stats
-    from tests.support.tiny_encoders import tiny_encoder, write_public_checkpoint
-
-    decoder = tiny_toon_generator(tiny_face_generator(resolution), seed=7)
+def write_psp_style(models_dir: Path, resolution: int = 32) -> None:
+    """pSp's toonify for the face model of `write_tiny_models`, written as the public `.pt`
+    and imported (as `toonify models import` does) as the model of PSP_STYLE: one rendering,
+    at full resolution, whatever strengths the config lists."""
+    face = tiny_face_generator(resolution)
     encoder = tiny_encoder(
-        "psp",
-        n_styles=decoder.num_ws,
-        w_dim=decoder.w_dim,
-        input_size=32,
-        latent_avg=w_stats(decoder).mean,
+        "psp", n_styles=face.num_ws, w_dim=face.w_dim, input_size=32, latent_avg=w_stats(face).mean
     )
-    public = write_public_checkpoint(
-        models_dir / f"{name}.pt", encoder, decoder=decoder.state_dict()
-    )
-    import_encoder(
-        read_encoder_checkpoint(public), models_dir / f"{name}.safetensors", source=SOURCE
-    )
-    return {"kind": "psp", "model": name, "label": "pSp"}
+    toon = tiny_toon_generator(face, seed=7)
+    name = PSP_STYLE["model"]
+    public = write_public_checkpoint(models_dir / f"{name}.pt", encoder, decoder=toon.state_dict())
+    target = models_dir / f"{name}.safetensors"
+    import_encoder(read_encoder_checkpoint(public), target, source=SOURCE)

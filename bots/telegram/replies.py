@@ -12,67 +12,23 @@ import io
 import logging
 
 from PIL import Image
-from telegram import (
-    Bot,
-    InlineKeyboardButton,
-    InlineKeyboardMarkup,
-    InputMediaPhoto,
-    ReplyParameters,
-)
-from telegram.constants import ChatAction, FileSizeLimit, InlineKeyboardButtonLimit
+from telegram import Bot, InputMediaPhoto, ReplyParameters
+from telegram.constants import ChatAction, FileSizeLimit
 from telegram.error import BadRequest, TelegramError
 
-from bots import texts
+from bots.adapter import Background
 from bots.service import RefusalKind, Refused, Toon
+from bots.telegram.controls import toon_keyboard
 
 log = logging.getLogger(__name__)
 
 # Telegram shows a chat action for 5 s or until the next message; renew it a little sooner.
 CHAT_ACTION_EVERY = 4.0
-SEP = "|"
 # sendPhoto refuses photos over 10 MB or whose width + height exceed 10000 px, and Telegram
 # shows none larger than 2560 px anyway.
 MAX_PHOTO_SIDES = 10_000
 SHOWN_SIDE = 2560
 JPEG_QUALITY = 90
-RERENDER = "r"
-FORGET = "f"
-
-
-def rerender_data(result_id: str, change: str) -> str:
-    return SEP.join((RERENDER, result_id, change))
-
-
-def forget_data(answer: str, user_id: int) -> str:
-    return SEP.join((FORGET, answer, str(user_id)))
-
-
-def toon_keyboard(toon: Toon) -> InlineKeyboardMarkup | None:
-    """Less/More toon, one button per other style, Faces only (or back to the whole photo)."""
-    strength = []
-    if toon.can_less:
-        strength.append((texts.LESS_TOON, "less"))
-    if toon.can_more:
-        strength.append((texts.MORE_TOON, "more"))
-    styles = [(label, f"style:{name}") for name, label in toon.styles if name != toon.style]
-    view = [(texts.WHOLE_PHOTO, "photo") if toon.faces_only else (texts.FACES_ONLY, "faces")]
-    rows = []
-    for row in (strength, styles, view):
-        buttons = [
-            InlineKeyboardButton(label, callback_data=rerender_data(toon.result_id, change))
-            for label, change in row
-            if _fits(rerender_data(toon.result_id, change))
-        ]
-        if buttons:
-            rows.append(buttons)
-    return InlineKeyboardMarkup(rows) if rows else None
-
-
-def _fits(data: str) -> bool:
-    if len(data.encode()) <= InlineKeyboardButtonLimit.MAX_CALLBACK_DATA:
-        return True
-    log.warning("callback data over Telegram's 64 bytes, button left out: %s", data)
-    return False
 
 
 def fit_photo(image: bytes) -> bytes:
@@ -100,17 +56,15 @@ def _not_modified(error: BadRequest) -> bool:
 class ChatActions:
     """Keeps "sending a photo…" showing in a chat until stopped; failures only cost the hint."""
 
-    def __init__(self, bot: Bot, chat_id: int, tasks: set[asyncio.Task[None]]) -> None:
+    def __init__(self, bot: Bot, chat_id: int, background: Background) -> None:
         self._bot = bot
         self._chat_id = chat_id
-        self._tasks = tasks
+        self._background = background
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"chat-action-{self._chat_id}")
-            self._tasks.add(self._task)
-            self._task.add_done_callback(self._tasks.discard)
+            self._task = self._background.run(self._run(), name=f"chat-action-{self._chat_id}")
 
     def stop(self) -> None:
         if self._task is not None:
@@ -247,3 +201,21 @@ class RerenderReply:
             error.text,
             reply_parameters=ReplyParameters(self._toon_id, allow_sending_without_reply=True),
         )
+
+
+class Replies:
+    """The replies of one bot, whose chat actions run in the adapter's background."""
+
+    def __init__(self, bot: Bot, background: Background) -> None:
+        self._bot = bot
+        self._background = background
+
+    def status(self, chat_id: int, photo_id: int) -> StatusReply:
+        """For a request made with the photo `photo_id`, new or resumed after a restart."""
+        return StatusReply(self._bot, chat_id, photo_id, self._actions(chat_id))
+
+    def rerender(self, chat_id: int, toon_id: int) -> RerenderReply:
+        return RerenderReply(self._bot, chat_id, toon_id, self._actions(chat_id))
+
+    def _actions(self, chat_id: int) -> ChatActions:
+        return ChatActions(self._bot, chat_id, self._background)

@@ -17,11 +17,12 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
 from telegram import Update
 from telegram.error import NetworkError, TelegramError
-from telegram.ext import Application
+from telegram.ext import Application, ContextTypes, ExtBot, JobQueue
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,15 @@ CONFIRM_TIMEOUT = 1.0
 ERROR_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
+Context = ContextTypes.DEFAULT_TYPE
+# The Application that Application.builder() builds with a rate limiter (whose per-call
+# arguments are ints), otherwise with the default types.
+TelegramApp = Application[
+    ExtBot[int], Context, dict[Any, Any], dict[Any, Any], dict[Any, Any], JobQueue[Context]
+]
 
-async def _handle(app: Application, update: Update) -> None:
+
+async def _handle(app: TelegramApp, update: Update) -> None:
     try:
         await app.process_update(update)
     except Exception:  # process_update reports handler errors itself; this is a bug of ours
@@ -47,7 +55,7 @@ async def _handle(app: Application, update: Update) -> None:
 class Poller:
     """Long polling that confirms an update only once its handler has returned."""
 
-    def __init__(self, app: Application, allowed_updates: Sequence[str]) -> None:
+    def __init__(self, app: TelegramApp, allowed_updates: Sequence[str]) -> None:
         self._app = app
         self._allowed = list(allowed_updates)
         self._handling: dict[int, asyncio.Task[None]] = {}
@@ -114,7 +122,7 @@ class Poller:
 class WebhookServer:
     """Telegram's webhook POSTs, answered once the update's handler has returned."""
 
-    def __init__(self, app: Application, secret: str, path: str) -> None:
+    def __init__(self, app: TelegramApp, secret: str, path: str) -> None:
         self._app = app
         self._secret = secret.encode()
         self._path = "/" + path.lstrip("/")
