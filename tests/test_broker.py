@@ -18,7 +18,7 @@ from bots.worker_app import WorkerApp
 from inference.broker import keys
 from inference.catalog import describe_styles, face_resolution
 from inference.pipeline import Toonifier
-from storage import Store
+from storage import Store, UserRef
 from tests.support.servers import RedisServer
 from tests.support.service_fixtures import (
     PLATFORM,
@@ -28,7 +28,7 @@ from tests.support.service_fixtures import (
     settings,
     submit,
 )
-from tests.support.tiny_toonify import write_tiny_psp
+from tests.support.tiny_toonify import PSP_STYLE, write_psp_style
 
 WHO = Requester(PLATFORM, "7", "Ada")
 
@@ -38,10 +38,10 @@ def brokered(tmp_path: Path, redis: RedisServer, **sections: dict[str, Any]) -> 
 
 
 @contextlib.asynccontextmanager
-async def bot(config: Settings) -> AsyncIterator[BrokeredApp]:
+async def bot(config: Settings, photos: Photos | None = None) -> AsyncIterator[BrokeredApp]:
     store = await Store.open(config.storage.url, config.quota)
     app = BrokeredApp(config, store, Redis.from_url(config.broker.url))
-    app.service.register(PLATFORM, Photos())
+    app.service.register(PLATFORM, photos or Photos())
     await app.start([])
     try:
         yield app
@@ -64,8 +64,8 @@ async def test_the_adapter_knows_the_styles_and_face_size_without_loading_a_mode
     tmp_path: Path,
 ) -> None:
     config = settings(tmp_path)
-    psp = write_tiny_psp(config.models.dir)
-    config = settings(tmp_path, styles={"psp": psp})
+    write_psp_style(config.models.dir)
+    config = settings(tmp_path, styles={"psp": PSP_STYLE})
     loaded = await asyncio.to_thread(Toonifier.from_config, config)
     assert describe_styles(config.models, config.styles) == dict(loaded.styles)
     assert face_resolution(config.models) == loaded.resolution
@@ -116,3 +116,26 @@ async def test_the_queue_bound_counts_every_adapters_jobs_on_the_stream(
             assert getattr(exc, "kind", None) == "queue_full"
         else:
             raise AssertionError("a full queue admitted another job")
+
+
+async def test_a_restarted_adapter_follows_its_queued_job_instead_of_queueing_it_twice(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    config = brokered(tmp_path, redis)
+    async with bot(config) as app:  # no worker yet: the job waits on the stream
+        ticket = await submit(app, WHO, face_jpeg(), RecordingReply())
+    photos = Photos()
+    client = Redis.from_url(config.broker.url)
+    async with bot(config, photos) as app:
+        async with asyncio.timeout(60):  # resumed: fetched, prepared, found on the stream
+            while app.backend.depth < 1:
+                await asyncio.sleep(0.05)
+        assert await client.xlen(keys.JOBS) == 1
+        async with worker(config):
+            [reply] = photos.replies.values()
+            await reply.wait()
+        assert len(reply.toons) == 1
+        assert reply.toons[0].result_id == ticket.job_id
+        allowance = await app.store.quotas.allowance(UserRef(PLATFORM, WHO.user_id))
+        assert allowance.used == 1
+    await client.aclose()
