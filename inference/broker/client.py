@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -45,13 +45,11 @@ class _Flight:
 
     handle: Handle[Finished]
     fields: dict[str, str]
-    stream: str
+    """The stream entry."""
     blob: bytes | None
     """The prepared photo, to queue again if Redis loses it; None for re-renders."""
     on_progress: ProgressFn | None
-    entry: str = ""
     last_event: str = "0"
-    queued_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -129,7 +127,7 @@ class RedisBackend:
             job_id, len(prepared.faces), 1, loop.create_future(), loop.create_future()
         )
         fields = {"job": job_id, "style": style, "strength": str(strength)}
-        flight = _Flight(handle, fields, keys.JOBS, dump_prepared(prepared), on_progress)
+        flight = _Flight(handle, fields, dump_prepared(prepared), on_progress)
         while True:  # an outage of Redis is waited out: the photo is prepared already
             try:
                 survey = await self._survey(job_id)
@@ -174,7 +172,7 @@ class RedisBackend:
         request = uuid.uuid4().hex
         handle = Handle[Finished](request, 0, 1, loop.create_future(), loop.create_future())
         fields = {"job": job_id, "style": style, "strength": str(strength), "reply": request}
-        flight = _Flight(handle, fields, keys.RERENDERS, None, None)
+        flight = _Flight(handle, fields, None, None)
         await self._redis.xadd(keys.RERENDERS, fields)  # type: ignore[arg-type]
         self._follow(request, flight)
         return await handle.finished
@@ -228,8 +226,7 @@ class RedisBackend:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.prepared(job_id), flight.blob, ex=self._cache_ttl)
             pipe.xadd(keys.JOBS, flight.fields)  # type: ignore[arg-type]
-            _, entry = await pipe.execute()
-        flight.entry = entry.decode()
+            await pipe.execute()
 
     def _follow(self, key: str, flight: _Flight) -> None:
         self._flights[key] = flight
