@@ -96,6 +96,9 @@ class _Reply:
     async def queued(self, text: str) -> None:
         pass
 
+    async def started(self) -> None:
+        pass
+
     async def progress(self, text: str) -> None:
         pass
 

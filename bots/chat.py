@@ -45,6 +45,10 @@ class JobReply(Reply, Protocol):
     async def queued(self, text: str) -> None:
         """The first status: faces found, place in line."""
 
+    async def started(self) -> None:
+        """Inference began: the job no longer waits in line (a hint such as a chat action may
+        show from now until `deliver` or `fail`)."""
+
     async def delivered(self) -> None:
         """The job is done: tidy up (status messages); best effort."""
 

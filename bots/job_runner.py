@@ -24,7 +24,7 @@ from bots.config import Settings
 from bots.metrics import Metrics
 from bots.refusals import RefusalKind, Refused, explain, internal_error
 from bots.styles import Styles
-from bots.toons import View, make_toon
+from bots.toons import ImageFormat, View, make_toon
 from inference.backend import Handle, InferenceBackend
 from inference.errors import ShuttingDown
 from inference.pipeline import Finished
@@ -52,6 +52,7 @@ class Job:
     """As asked; None: the style's default."""
     faces_only: bool
     resumed: bool
+    image_format: ImageFormat = ImageFormat.JPEG
 
 
 @dataclass
@@ -160,6 +161,7 @@ class JobRunner:
             record.strength,
             bool(record.options.get("faces_only", False)),
             resumed=True,
+            image_format=ImageFormat(record.options.get("image_format", ImageFormat.JPEG)),
         )
         if record.attempts >= MAX_ATTEMPTS:
             log.error(
@@ -215,6 +217,7 @@ class JobRunner:
         started = time.monotonic()
         if await handle.started:
             await self._store.jobs.mark_running(job.id)
+            await _best_effort(job.reply.started(), job.id)
         try:
             finished = await handle.finished
         except ShuttingDown:
@@ -231,8 +234,9 @@ class JobRunner:
 
     async def _deliver(self, job: Job, finished: Finished) -> None:
         """Done once the platform has the toon; a toon it will not take is failed and refunded."""
-        toon = await make_toon(job.id, finished, job.faces_only, self._styles)
-        self._views[job.id] = View(finished.style, finished.strength, job.faces_only)
+        view = View(finished.style, finished.strength, job.faces_only, job.image_format)
+        toon = await make_toon(job.id, finished, view, self._styles)
+        self._views[job.id] = view
         try:
             await job.reply.deliver(toon)
         except Exception as exc:

@@ -92,8 +92,9 @@ def explain(error: BaseException) -> Refused | None:
     return None
 
 
-def denied(denial: Denied) -> Refused:
-    """What storage's denial of a request or re-render means to the user."""
+def denied(denial: Denied, max_in_flight: int) -> Refused:
+    """What storage's denial of a request or re-render means to the user (who may have up to
+    `max_in_flight` toons in progress)."""
     reason = denial.reason
     wait = denial.retry_after.total_seconds() if denial.retry_after else 0.0
     if reason == DenialReason.BANNED:
@@ -101,7 +102,7 @@ def denied(denial: Denied) -> Refused:
     if reason == DenialReason.COOLDOWN:
         return Refused(RefusalKind.COOLDOWN, texts.cooldown(wait))
     if reason == DenialReason.IN_FLIGHT:
-        return Refused(RefusalKind.IN_FLIGHT, texts.IN_FLIGHT)
+        return Refused(RefusalKind.IN_FLIGHT, texts.in_flight(max_in_flight))
     if reason == DenialReason.RATE:
         return Refused(RefusalKind.RATE_LIMITED, texts.RATE_LIMITED)
     return Refused(RefusalKind.QUOTA, texts.quota_used_up(denial.allowance.resets_in))

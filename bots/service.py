@@ -24,7 +24,8 @@ from bots.job_runner import Job, JobRunner
 from bots.metrics import Metrics
 from bots.refusals import RefusalKind, Refused, denied, internal_error
 from bots.styles import Styles
-from bots.toons import Toon, View, make_toon
+from bots.targets import user_ref
+from bots.toons import ImageFormat, Toon, View, make_toon
 from inference.backend import InferenceBackend
 from inference.errors import Expired
 from inference.pipeline import StyleInfo
@@ -96,6 +97,11 @@ class ToonService:
         `admit` checks the same; adapters may call it first to refuse before any download."""
         return self._styles.choose(style, strength)
 
+    def choose_level(self, style: str | None, level: int | None) -> tuple[str, int]:
+        """`choose` for users, who pick a toon level (1: closest to the photo) rather than a
+        model's strength; Refused (BAD_INPUT) for a level the style lacks."""
+        return self._styles.at_level(style, level)
+
     # -- admission ---------------------------------------------------------------------------
 
     async def admit(
@@ -109,11 +115,15 @@ class ToonService:
         style: str | None = None,
         strength: int | None = None,
         faces_only: bool = False,
+        image_format: ImageFormat = ImageFormat.JPEG,
     ) -> str | None:
         """Judge a request from what the platform says about it, charge it and write its job
         row with `ref` (what `JobSource.fetch` needs); download, preparation and the rest run
         in the background. The job id, or None when `key` was admitted before (the platform
         delivered the same request twice). Raises Refused; nothing is charged then.
+
+        Every check here needs only what the platform said (type, size, who, how busy), so a
+        refused request costs no download and shows no sign of work.
         """
         if upload.content_type and not upload.content_type.startswith(IMAGE_TYPES):
             raise self._refused(RefusalKind.NOT_IMAGE, texts.NOT_IMAGE)
@@ -130,7 +140,7 @@ class ToonService:
                 style,
                 strength,
                 chat=ref,
-                options={"faces_only": faces_only},
+                options={"faces_only": faces_only, "image_format": image_format.value},
                 display_name=who.name,
                 group=who.group_id,
                 key=key,
@@ -140,7 +150,17 @@ class ToonService:
             if decision.reason == DenialReason.DUPLICATE:
                 return None
             raise self._denied(decision)
-        job = Job(decision.job_id, who, ref, reply, style, strength, faces_only, resumed=False)
+        job = Job(
+            decision.job_id,
+            who,
+            ref,
+            reply,
+            style,
+            strength,
+            faces_only,
+            resumed=False,
+            image_format=image_format,
+        )
         self._runner.start(job)
         return job.id
 
@@ -155,9 +175,16 @@ class ToonService:
 
     def _denied(self, denial: Denied) -> Refused:
         self._metrics.refused(denial.reason.value)
-        return denied(denial)
+        return denied(denial, self._config.quota.max_in_flight)
 
     # -- re-renders ----------------------------------------------------------------------------
+
+    async def check_owner(self, who: Requester, result_id: str) -> None:
+        """Refused (NOT_YOURS) when someone else asked for the toon `result_id`: adapters
+        answer a press with this before anything shows in the chat."""
+        job = await self._store.jobs.get(result_id)
+        if job is not None and job.user != _user(who):
+            raise Refused(RefusalKind.NOT_YOURS, texts.NOT_YOURS)
 
     async def rerender(self, who: Requester, result_id: str, reply: Reply, *, change: str) -> None:
         """Draw a delivered toon again with another strength or style, or show its faces only
@@ -180,7 +207,7 @@ class ToonService:
         if (changed.style, changed.strength) != (view.style, view.strength):
             self._metrics.rerendered()
         self._views[result_id] = changed
-        await reply.deliver(await make_toon(result_id, finished, changed.faces_only, self._styles))
+        await reply.deliver(await make_toon(result_id, finished, changed, self._styles))
 
     def _apply(self, view: View, change: str) -> View:
         """less, more, style:<name>, faces or photo."""
@@ -193,7 +220,7 @@ class ToonService:
             faces_only = change == "faces"
         else:
             raise Refused(RefusalKind.BAD_INPUT, texts.UNKNOWN_CHANGE)
-        return View(style, strength, faces_only)
+        return View(style, strength, faces_only, view.image_format)
 
     # -- the rest of the commands ------------------------------------------------------------
 
@@ -217,11 +244,19 @@ class ToonService:
         return texts.quota_left(allowance.remaining, allowance.resets_in)
 
     async def admin(
-        self, who: Requester, action: str, target: str | None = None, value: str | None = None
+        self,
+        who: Requester,
+        action: str,
+        target: str | None = None,
+        value: str | None = None,
+        *,
+        name: str | None = None,
     ) -> str:
         """quota <user> <n|unlimited|default>, ban <user>, unban <user>, stats.
 
-        `target` is `platform:id`, or a bare id on the admin's own platform.
+        `target` is `platform:id` on a platform the bot speaks, or a bare id on the admin's
+        own platform; a user the bot never saw gets a row. `name` is the target as the
+        platform shows them now, when the adapter knows it; the answer names them so.
         """
         if not who.is_admin:
             raise Refused(RefusalKind.NOT_ADMIN, texts.NOT_ADMIN)
@@ -231,7 +266,7 @@ class ToonService:
                 return texts.stats(await self._store.admin.stats())
             if target is None:
                 raise Refused(RefusalKind.BAD_INPUT, texts.ADMIN_USAGE)
-            user = _target(target, who.platform)
+            user = user_ref(target, who.platform)
             if action == "quota" and value is not None:
                 status = await self._store.admin.set_quota(user, parse_quota(value), actor=actor)
             elif action == "ban":
@@ -242,7 +277,7 @@ class ToonService:
                 raise Refused(RefusalKind.BAD_INPUT, texts.ADMIN_USAGE)
         except AdminInputError as exc:
             raise Refused(RefusalKind.BAD_INPUT, str(exc)) from None
-        return texts.admin_status(status)
+        return texts.admin_status(status, name)
 
     async def set_group_quota(self, who: Requester, group_id: str, value: str) -> str:
         """A server's managers set their server's default daily quota (Discord)."""
@@ -275,9 +310,3 @@ class ToonService:
 
 def _user(who: Requester) -> UserRef:
     return UserRef(who.platform, who.user_id)
-
-
-def _target(text: str, platform: str) -> UserRef:
-    """Admins type `telegram:123` or, for their own platform, just `123` (or `@`-less ids)."""
-    text = text.strip()
-    return UserRef.parse(text) if ":" in text else UserRef(platform, text)

@@ -36,6 +36,18 @@ class Styles:
             raise Refused(RefusalKind.BAD_INPUT, text)
         return name, strength
 
+    def at_level(self, style: str | None, level: int | None) -> tuple[str, int]:
+        """The style and the strength of its toon level `level` (1: closest to the photo), as
+        users pick it; Refused (BAD_INPUT) for a level the style does not have."""
+        name, default = self.choose(style, None)
+        if level is None:
+            return name, default
+        info = self.view[name]
+        if not 1 <= level <= len(info.strengths):
+            text = texts.bad_level(level, info.label, len(info.strengths))
+            raise Refused(RefusalKind.BAD_INPUT, text)
+        return name, info.strengths[level - 1]
+
     def step(self, style: str, strength: int, steps: int) -> int:
         """`steps` strengths up (more toon) or down from `strength`, stopping at the ends."""
         strengths = self.view[style].strengths

@@ -35,7 +35,6 @@ NO_FACE = (
 )
 QUEUE_FULL = "I'm very busy right now. Please try again in a few minutes; nothing was charged."
 BANNED = "You can't use this bot. If you think that's a mistake, contact the bot's admin."
-IN_FLIGHT = "You already have a toon in progress. Please wait until it's done."
 EXPIRED = "That toon is too old to change. Send the photo again to get a new one."
 RATE_LIMITED = "Easy there! Too many re-renders in a minute; try again shortly."
 NOT_ADMIN = "Only the bot's admins can do that."
@@ -68,6 +67,26 @@ FORGOTTEN = "Done: everything the bot knew about you has been deleted."
 FORGET_CONFIRM = "This deletes your usage history and quota settings. Are you sure?"
 
 
+def plural(count: int, noun: str) -> str:
+    """'1 toon', '2 toons', '0 toons'."""
+    return f"{count} {noun if count == 1 else noun + 's'}"
+
+
+def in_flight(max_in_flight: int) -> str:
+    """The refusal while a user's toons in progress are as many as may run at once."""
+    if max_in_flight == 1:
+        return "You already have a toon in progress. Please wait until it's done."
+    return (
+        f"You already have {plural(max_in_flight, 'toon')} in progress, as many as can run "
+        "at once. Please wait until one is done."
+    )
+
+
+def unknown_platform(platform: str, platforms: Sequence[str]) -> str:
+    forms = " or ".join(f"{name}:<id>" for name in platforms)
+    return f"The bot knows no platform {platform!r}: write a user or group as {forms}."
+
+
 def too_large(limit_bytes: int) -> str:
     return f"That file is too big. Please send a photo under {limit_bytes // 1_000_000} MB."
 
@@ -80,6 +99,20 @@ def bad_strength(strength: int, style: str, strengths: list[int]) -> str:
     """`style` is the style's label."""
     offered = ", ".join(str(s) for s in strengths)
     return f"{style} has no strength {strength}. Pick one of {offered}."
+
+
+def bad_level(level: int, style: str, levels: int) -> str:
+    """`style` is the style's label."""
+    if levels == 1:
+        return f"{style} has one toon level only: leave the level out."
+    return f"{style} has toon levels 1 to {levels}, not {level}."
+
+
+def level_choice(level: int, levels: int) -> str:
+    """A toon level as /toonify offers it; `levels` is the most any style has."""
+    if level == 1:
+        return "1 · closest to your photo"
+    return f"{level} · most toon" if level == levels else str(level)
 
 
 def cooldown(seconds: float) -> str:
@@ -156,8 +189,7 @@ def duration(delta: timedelta) -> str:
 def quota_left(left: int | None, resets_in: timedelta) -> str:
     if left is None:
         return "You have unlimited toons."
-    noun = "toon" if left == 1 else "toons"
-    return f"{left} {noun} left today, resets in {duration(resets_in)}."
+    return f"{plural(left, 'toon')} left today, resets in {duration(resets_in)}."
 
 
 def quota_used_up(resets_in: timedelta) -> str:
@@ -174,12 +206,14 @@ def queued(faces: int, position: int, eta_seconds: float) -> str:
 
 def progress(stage: Stage, step: int, total: int) -> str:
     if stage == Stage.INVERT and total:
-        return f"Finding your face in latent space… {round(100 * step / total)}%"
+        return f"Studying your face… {round(100 * step / total)}%"
     return "Drawing your toon…"
 
 
-def caption(label: str, strength: int, faces: int, skipped: Sequence[SkippedFace]) -> str:
-    text = f"{label} · strength {strength}"
+def caption(label: str, level: int, levels: int, faces: int, skipped: Sequence[SkippedFace]) -> str:
+    """The style and how much toon, as level `level` of the style's `levels` (from most
+    like the photo to most cartoon); a style with one level shows none."""
+    text = label if levels <= 1 else f"{label} · toon level {level} of {levels}"
     if faces > 1:
         text += f" · {faces} faces"
     if skipped:
@@ -193,12 +227,14 @@ ADMIN_USAGE = (
 )
 
 
-def admin_status(status: QuotaStatus) -> str:
-    """One user's state after an admin change."""
+def admin_status(status: QuotaStatus, shown_as: str | None = None) -> str:
+    """One user's state after an admin change, named as their platform shows them when the
+    admin's platform said (`shown_as`), else by the name of their last request."""
     allowance = status.allowance
     daily = "unlimited" if allowance.limit is None else str(allowance.limit)
     state = "banned" if status.banned else "active"
-    name = f" ({status.display_name})" if status.display_name else ""
+    known = shown_as or status.display_name
+    name = f" ({known})" if known else ""
     return (
         f"{status.user}{name}: {state}, daily quota {daily} ({status.source}), "
         f"used {allowance.used} today."
@@ -208,14 +244,15 @@ def admin_status(status: QuotaStatus) -> str:
 def group_quota_set(daily: int | str) -> str:
     if daily == "default":
         return "This server's members now get the bot's default daily quota."
-    return f"This server's members now get {daily} toons a day."
+    return f"This server's members now get {plural(int(daily), 'toon')} a day."
 
 
 def stats(usage: UsageStats) -> str:
+    today, week = usage.today, usage.last_7_days
     lines = [
-        f"Today: {usage.today.toons} toons by {usage.today.users} users, "
-        f"{usage.today.failed} failed.",
-        f"7 days: {usage.last_7_days.toons} toons by {usage.last_7_days.users} users.",
+        f"Today: {plural(today.toons, 'toon')} by {plural(today.users, 'user')}, "
+        f"{today.failed} failed.",
+        f"7 days: {plural(week.toons, 'toon')} by {plural(week.users, 'user')}.",
     ]
     if usage.top_users:
         top = ", ".join(f"{u.display_name or u.user} ({u.toons})" for u in usage.top_users[:5])
@@ -239,6 +276,19 @@ HOW_IN_GROUPS = (
     "in its caption."
 )
 
+
+def group_help(bot_username: str) -> str:
+    """/start and /help in a group: the bot answers there only when asked."""
+    return (
+        "In a group I toonify a photo only when you ask:\n"
+        "• send the photo with /toonify in its caption,\n"
+        "• reply /toonify to a photo already in the chat, or\n"
+        f"• mention @{bot_username} in the photo's caption.\n"
+        "Only the one who asked can use the buttons under the toon.\n"
+        "/quota shows how many toons you have left today.\n" + PRIVACY
+    )
+
+
 # Command menu: (command, description), in the order the menu shows them.
 COMMANDS = (
     ("toonify", "Toonify a photo (reply to it, or put this in its caption)"),
@@ -255,7 +305,8 @@ DISCORD_STYLE_PLACEHOLDER = "Try another style"
 DISCORD_HELP = (
     "Send me a selfie right here and I'll send back your cartoon twin. In a server, use "
     "/toonify with a photo, or Apps > Toonify on any message with one. Every face in the "
-    "photo gets toonified; the buttons under the result change it.\n" + PRIVACY
+    "photo gets toonified; the buttons under the result change it.\n"
+    "/quota shows how many toons you have left today.\n" + PRIVACY
 )
 DISCORD_NO_IMAGE = "That message has no image. Use Toonify on a message with a photo attached."
 DISCORD_DOWNLOAD_FAILED = "I couldn't download that image from Discord. Please try again."
@@ -265,7 +316,9 @@ DISCORD_MENU = "Toonify"
 DISCORD_TOONIFY = "Turn every face in a photo into a cartoon"
 DISCORD_IMAGE = "A photo with at least one face"
 DISCORD_STYLE = "The cartoon style"
-DISCORD_STRENGTH = "Lower keeps your face shape, higher draws more cartoon structure"
+DISCORD_LEVEL = "How much toon: 1 stays closest to your photo, higher draws more cartoon"
+DISCORD_QUOTA = "How many toons you have left today, and when they reset"
+DISCORD_FORGET = "Delete everything the bot knows about you"
 DISCORD_ADMIN = "Toonify quotas and bans"
 DISCORD_ADMIN_QUOTA = "Set a user's daily toons (bot admins)"
 DISCORD_ADMIN_SERVER_QUOTA = "Set the daily toons of this server's members (server managers)"

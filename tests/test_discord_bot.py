@@ -140,11 +140,17 @@ def _quota_left(service: ToonService, user: FakeUser) -> Any:
     return service.quota_text(Requester("discord", str(user.id), user.name))
 
 
+def _caption(service: ToonService, strength: int, style: str = "toon") -> str:
+    """The caption of a one-face toon of `style` at `strength`, as the service words it."""
+    info = service.styles[style]
+    return texts.caption(info.label, info.strengths.index(strength) + 1, len(info.strengths), 1, [])
+
+
 async def test_slash_command_defers_privately_reports_progress_and_posts_the_toon(
-    fake: FakeDiscord, bot: DiscordAdapter, strengths: list[int]
+    fake: FakeDiscord, bot: DiscordAdapter, service: ToonService, strengths: list[int]
 ) -> None:
     alice = fake.add_user("alice")
-    interaction = await _toonify(fake, alice, style="toon", strength=strengths[0])
+    interaction = await _toonify(fake, alice, style="toon", level=1)
 
     toon = await _toon_for(fake, interaction)
     [callback] = [c for c in fake.calls_of("callback") if c.params["token"] == interaction.token]
@@ -153,14 +159,14 @@ async def test_slash_command_defers_privately_reports_progress_and_posts_the_too
     edits = [c.payload["content"] for c in fake.calls_of("edit_response")]
     assert edits[0].startswith("Found 1 face")
     assert any("%" in text for text in edits)
-    assert toon.content.startswith(f"<@{alice.id}> ")
-    assert f"strength {strengths[0]}" in toon.content
+    assert toon.content == f"<@{alice.id}> {_caption(service, strengths[0])}"
     [image] = fake.files_of(toon)
     assert Image.open(BytesIO(image)).size == Image.open(BytesIO(face_jpeg())).size
     assert [(b["label"], bool(b.get("disabled"))) for b in toon.buttons()] == [
-        ("Less toon", True),
-        ("More toon", False),
-        ("Delete", False),
+        (texts.LESS_TOON, True),
+        (texts.MORE_TOON, False),
+        (texts.FACES_ONLY, False),
+        (texts.DISCORD_DELETE, False),
     ]
     assert {o["value"] for o in toon.selects()[0]["options"]} == {"toon", "arcane", "psp"}
 
@@ -188,7 +194,12 @@ async def test_dm_photo_gets_a_toon_in_reply(fake: FakeDiscord, bot: DiscordAdap
     reply = await fake.wait_until(toon, within=WAIT, what="a toon in the DM")
     assert fake.calls_of("typing")
     assert reply.message_reference and reply.message_reference["message_id"] == str(photo.id)
-    assert [b["label"] for b in reply.buttons()] == ["Less toon", "More toon", "Delete"]
+    assert [b["label"] for b in reply.buttons()] == [
+        texts.LESS_TOON,
+        texts.MORE_TOON,
+        texts.FACES_ONLY,
+        texts.DISCORD_DELETE,
+    ]
     await fake.wait_until(
         lambda: fake.channel_messages(photo.channel_id) == [photo, reply] or None,
         what="the status message to go",
@@ -245,27 +256,26 @@ async def test_attachments_only_come_from_allowed_hosts(
     assert (await _refusal(fake, interaction)).content == texts.DISCORD_DOWNLOAD_FAILED
 
 
-async def test_a_strength_the_style_lacks_is_refused(
+async def test_a_level_the_style_lacks_is_refused(
     fake: FakeDiscord, bot: DiscordAdapter, strengths: list[int]
 ) -> None:
-    interaction = await _toonify(fake, fake.add_user("ivy"), style="arcane", strength=strengths[0])
+    """Arcane has one level less than the default style, whose levels /toonify offers."""
+    interaction = await _toonify(fake, fake.add_user("ivy"), style="arcane", level=len(strengths))
 
     refusal = await _refusal(fake, interaction)
-    assert refusal.content == texts.bad_strength(strengths[0], "Arcane", strengths[1:])
+    assert refusal.content == texts.bad_level(len(strengths), "Arcane", len(strengths) - 1)
 
 
-async def test_a_strength_a_one_rendering_style_lacks_is_refused_clearly(
+async def test_a_level_a_one_rendering_style_lacks_is_refused_clearly(
     fake: FakeDiscord, bot: DiscordAdapter, service: ToonService
 ) -> None:
-    """A psp style renders at 32 only, whatever strengths its config section keeps."""
+    """A psp style renders one level only, whatever strengths its config section keeps."""
     ivy = fake.add_user("ivy")
     before = await _quota_left(service, ivy)
-    interaction = await _toonify(fake, ivy, style="psp", strength=8)
+    interaction = await _toonify(fake, ivy, style="psp", level=2)
 
     refusal = await _refusal(fake, interaction)
-    internal = texts.internal_error("ID").removesuffix("ID")
-    assert not refusal.content.startswith(internal)
-    assert "32" in refusal.content  # the strength it has
+    assert refusal.content == texts.bad_level(2, "pSp", 1)
     assert await _quota_left(service, ivy) == before
 
 
@@ -281,14 +291,15 @@ async def test_toons_over_the_upload_limit_are_scaled_down(
 
 
 async def test_buttons_re_render_in_place_for_the_requester_only(
-    fake: FakeDiscord, bot: DiscordAdapter, strengths: list[int]
+    fake: FakeDiscord, bot: DiscordAdapter, service: ToonService, strengths: list[int]
 ) -> None:
     owner, other = fake.add_user("owner"), fake.add_user("other")
-    toon = await _toon_for(fake, await _toonify(fake, owner, strength=strengths[0]))
+    toon = await _toon_for(fake, await _toonify(fake, owner, level=1))
     before = fake.files_of(toon)
 
     press = await fake.press_button(toon, "More toon", user=owner)
-    await fake.wait_until(lambda: f"strength {strengths[1]}" in toon.content or None, within=WAIT)
+    more = _caption(service, strengths[1])
+    await fake.wait_until(lambda: toon.content.endswith(more) or None, within=WAIT)
     [callback] = [c for c in fake.calls_of("callback") if c.params["token"] == press.token]
     assert callback.payload["type"] == CALLBACK_UPDATE
     assert all(b.get("disabled") for b in callback.payload["data"]["components"][0]["components"])
@@ -371,13 +382,14 @@ async def test_commands_sync_to_configured_servers_only(
     ) as app:
         assert fake.commands[None] == []
         synced = {c["name"]: c for c in fake.commands[fake.guild_id]}
-        assert set(synced) == {"toonify", "Toonify", "toonify-admin"}
+        assert set(synced) == {"toonify", "Toonify", "quota", "forget", "toonify-admin"}
         assert synced["toonify-admin"]["default_member_permissions"] == str(MANAGE_GUILD)
         choices = {o["name"]: o.get("choices") for o in synced["toonify"]["options"]}
         assert [c["value"] for c in choices["style"]] == list(app.service.styles)
-        # What the styles render: the psp style's configured strengths (up to 64) are not.
-        rendered = sorted({r for s in app.service.styles.values() for r in s.strengths})
-        assert [c["value"] for c in choices["strength"]] == rendered == [8, 16, 32]
+        # As many levels as the style with most renders (the psp style's configured
+        # strengths are not what it renders), named as people understand them.
+        offered = [(c["name"], c["value"]) for c in choices["level"]]
+        assert offered == [(texts.level_choice(n, 3), n) for n in (1, 2, 3)]
 
 
 async def test_survives_a_gateway_loss(fake: FakeDiscord, bot: DiscordAdapter) -> None:
@@ -403,7 +415,7 @@ async def test_jobs_resumed_after_a_restart_answer_through_the_channel(
         result_id="r1",
         image=fake.files_of(toon_message)[0],
         filename="toon.jpg",
-        caption="Toon · strength 32",
+        caption=texts.caption("Toon", 3, 3, 1, []),
         style="toon",
         strength=32,
         styles=[("toon", "Toon")],
@@ -414,8 +426,106 @@ async def test_jobs_resumed_after_a_restart_answer_through_the_channel(
     await bot.reply_for(ref).deliver(toon)
     posted = await fake.wait_for("create_message")
     assert posted.params["channel"] == str(fake.channel_id)
-    assert posted.payload["content"] == f"<@{lee.id}> Toon · strength 32"
+    assert posted.payload["content"] == f"<@{lee.id}> {texts.caption('Toon', 3, 3, 1, [])}"
 
     await bot.reply_for(ref).fail(Refused(RefusalKind.RESEND, texts.RESTARTED))
     told = await fake.wait_for("create_message", lambda c: c.payload["content"] == texts.RESTARTED)
     assert told.params["channel"] == str(fake.dm_channel(lee))
+
+
+async def test_quota_is_told_privately_with_the_reset_time(
+    fake: FakeDiscord, bot: DiscordAdapter, service: ToonService
+) -> None:
+    mia = fake.add_user("mia")
+    fresh = await fake.slash_command("quota", user=mia)
+    answer = await fake.wait_for_response(fresh, lambda m: not m.loading)
+    assert answer.ephemeral
+    assert answer.content == await _quota_left(service, mia)
+    assert answer.content.startswith("3 toons left today, resets in ")
+
+    await _toon_for(fake, await _toonify(fake, mia))
+    after = await fake.slash_command("quota", user=mia, in_dm=True)
+    answer = await fake.wait_for_response(after, lambda m: not m.loading)
+    assert answer.ephemeral and answer.content.startswith("2 toons left today")
+
+
+async def test_forget_asks_privately_and_deletes_only_on_yes(
+    fake: FakeDiscord, app: App, bot: DiscordAdapter, service: ToonService
+) -> None:
+    ned = fake.add_user("ned")
+    fresh = await _quota_left(service, ned)
+    toon = await _toon_for(fake, await _toonify(fake, ned))
+    result_id = toon.buttons()[0]["custom_id"].split(":")[2]
+    assert await _quota_left(service, ned) != fresh
+
+    asked = await fake.slash_command("forget", user=ned)
+    question = await fake.wait_for_response(asked, lambda m: m.content)
+    assert question.ephemeral and question.content == texts.FORGET_CONFIRM
+    assert [b["label"] for b in question.buttons()] == [texts.FORGET_YES, texts.FORGET_NO]
+
+    await fake.press_button(question, texts.FORGET_NO, user=ned)
+    await fake.wait_until(lambda: question.content == texts.FORGET_KEPT or None)
+    assert question.buttons() == []
+    assert await app.store.jobs.get(result_id) is not None
+
+    again = await fake.wait_for_response(await fake.slash_command("forget", user=ned))
+    await fake.press_button(again, texts.FORGET_YES, user=ned)
+    await fake.wait_until(lambda: again.content == texts.FORGOTTEN or None)
+    assert again.buttons() == []
+    assert await app.store.jobs.get(result_id) is None
+    assert await _quota_left(service, ned) == fresh
+    # The same service call as Telegram's: the toon's faces are gone from memory too.
+    await fake.press_button(toon, texts.MORE_TOON, user=ned)
+    said = await fake.wait_until(
+        lambda: next((m for m in fake.messages.values() if m.content == texts.EXPIRED), None),
+        within=WAIT,
+    )
+    assert said.ephemeral
+
+
+async def test_faces_only_toggles_and_back_for_the_requester_only(
+    fake: FakeDiscord, bot: DiscordAdapter
+) -> None:
+    owner, other = fake.add_user("owner"), fake.add_user("other")
+    toon = await _toon_for(fake, await _toonify(fake, owner))
+    [photo] = fake.files_of(toon)
+
+    steal = await fake.press_button(toon, texts.FACES_ONLY, user=other)
+    refusal = await fake.wait_for_response(steal, lambda m: m.content)
+    assert refusal.ephemeral and refusal.content == texts.NOT_YOURS
+    assert fake.files_of(toon) == [photo]
+
+    await fake.press_button(toon, texts.FACES_ONLY, user=owner)
+    await fake.wait_until(
+        lambda: texts.WHOLE_PHOTO in [b["label"] for b in toon.buttons()] or None, within=WAIT
+    )
+    [faces] = fake.files_of(toon)
+    with Image.open(BytesIO(faces)) as shown, Image.open(BytesIO(photo)) as whole:
+        assert shown.size != whole.size  # the toon face alone, not the pasted-back photo
+    assert texts.FACES_ONLY not in [b["label"] for b in toon.buttons()]
+
+    await fake.press_button(toon, texts.WHOLE_PHOTO, user=owner)
+    await fake.wait_until(
+        lambda: texts.FACES_ONLY in [b["label"] for b in toon.buttons()] or None, within=WAIT
+    )
+    [back] = fake.files_of(toon)
+    with Image.open(BytesIO(back)) as shown, Image.open(BytesIO(photo)) as whole:
+        assert shown.size == whole.size
+
+
+async def test_admins_set_quotas_and_bans_for_users_never_seen_named_as_discord_shows_them(
+    fake: FakeDiscord, bot: DiscordAdapter, service: ToonService, admin: FakeUser
+) -> None:
+    newcomer = fake.add_user("newcomer")
+    done = await fake.slash_command(
+        "toonify-admin quota", {"user": newcomer, "daily": "1"}, user=admin
+    )
+    answer = await fake.wait_for_response(done, lambda m: not m.loading)
+    assert answer.ephemeral
+    assert answer.content.startswith(f"discord:{newcomer.id} (Newcomer): active, daily quota 1")
+    assert (await _quota_left(service, newcomer)).startswith("1 toon left today")
+
+    banned = await fake.slash_command("toonify-admin ban", {"user": newcomer}, user=admin)
+    answer = await fake.wait_for_response(banned, lambda m: not m.loading)
+    assert answer.content.startswith(f"discord:{newcomer.id} (Newcomer): banned")
+    assert (await _refusal(fake, await _toonify(fake, newcomer))).content == texts.BANNED

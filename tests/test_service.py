@@ -23,6 +23,7 @@ from bots import texts
 from bots.app import App, Interrupted, serve
 from bots.config import Settings
 from bots.service import RefusalKind, Refused, Requester, ToonService, Upload
+from bots.toons import ImageFormat, same_family
 from inference.errors import Expired
 from inference.pipeline import NonFinite, Toonifier
 from inference.prepare_pool import PreparePool, PrepareSpec
@@ -269,6 +270,7 @@ async def test_cancel_a_queued_and_a_running_job(tmp_path: Path, toonifier: Toon
         gated.gate.set()
         await running.wait()
         assert running.failures[0].kind == RefusalKind.CANCELLED
+        assert (running.starts, queued.starts) == (1, 0)  # the one in line never "ran"
         assert gated.inverted <= 1
         assert [await used(app, user(n)) for n in (1, 2)] == [0, 0]
         rows = [await app.store.jobs.get(ticket.job_id) for ticket in (first, second)]
@@ -296,6 +298,10 @@ async def test_rerender_without_a_new_inversion(tmp_path: Path, toonifier: Tooni
         with pytest.raises(Refused) as other:
             await app.service.rerender(user(2), ticket.job_id, reply, change="less")
         assert other.value.kind == RefusalKind.NOT_YOURS
+        await app.service.check_owner(user(), ticket.job_id)
+        with pytest.raises(Refused) as checked:
+            await app.service.check_owner(user(2), ticket.job_id)
+        assert checked.value.kind == RefusalKind.NOT_YOURS
         for change in ("sideways", "style:cubist"):
             with pytest.raises(Refused) as bad:
                 await app.service.rerender(user(), ticket.job_id, reply, change=change)
@@ -303,6 +309,42 @@ async def test_rerender_without_a_new_inversion(tmp_path: Path, toonifier: Tooni
         with pytest.raises(Refused) as expired:
             await app.service.rerender(user(), "unknown", reply, change="less")
         assert expired.value.kind == RefusalKind.EXPIRED
+
+
+async def test_the_in_progress_refusal_says_how_many_may_run_at_once(
+    tmp_path: Path, toonifier: Toonifier
+) -> None:
+    gated = Gated(toonifier)
+    gated.gate.clear()
+    async with tiny_app(
+        tmp_path, toonifier=toonifier, engine=gated, quota={"max_in_flight": 2}
+    ) as app:
+        replies = [RecordingReply(), RecordingReply()]
+        for reply in replies:
+            await submit(app, user(), face_jpeg(), reply)
+        with pytest.raises(Refused) as busy:
+            await submit(app, user(), face_jpeg(), RecordingReply())
+        gated.gate.set()
+        for reply in replies:
+            await reply.wait()
+    assert busy.value.kind == RefusalKind.IN_FLIGHT
+    assert busy.value.text == texts.in_flight(2)
+
+
+async def test_a_lossless_original_gets_a_png_toon_and_keeps_it_on_re_renders(
+    tmp_path: Path, toonifier: Toonifier
+) -> None:
+    async with tiny_app(tmp_path, toonifier=toonifier) as app:
+        reply = RecordingReply()
+        ticket = await submit(app, user(), face_jpeg(), reply, image_format=ImageFormat.PNG)
+        await reply.wait()
+        await app.service.rerender(user(), ticket.job_id, reply, change="faces")
+    for toon in reply.toons:
+        assert toon.filename.endswith(".png")
+        with Image.open(io.BytesIO(toon.image)) as image:
+            assert image.format == "PNG"
+    assert same_family("image/png") == ImageFormat.PNG
+    assert same_family("image/heic") == same_family(None) == ImageFormat.JPEG
 
 
 async def test_forget_drops_the_toons_kept_for_re_renders(

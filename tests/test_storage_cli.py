@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from bots import texts
 from bots.cli import app
+from bots.targets import PLATFORMS
 from storage import NewJob, Store, UserRef
 from storage.settings import QuotaSettings
 
@@ -119,3 +122,43 @@ def test_ban_and_quota_for_someone_who_never_used_the_bot(config: Path) -> None:
     code, out = quota(config, "log", "discord:424242")
     assert code == 0, out
     assert "discord:424242" in out and "ban" in out
+
+
+def readme_quota_examples() -> list[list[str]]:
+    """The `toonify quota ...` lines of the README's Quotas section, comments dropped."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("### Quotas", 1)[1].split("```", 2)[1]
+    return [
+        shlex.split(line, comments=True)[1:]
+        for line in block.splitlines()
+        if line.startswith("toonify quota ")
+    ]
+
+
+def test_the_readme_quota_examples_run_as_written_on_a_new_database(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[storage]\nurl = "sqlite+aiosqlite:///{tmp_path / "new.db"}"\n')
+    examples = readme_quota_examples()
+    assert len(examples) >= 8
+    for args in examples:
+        result = CliRunner().invoke(app, ["--config", str(path), *args])
+        assert result.exit_code == 0, f"{shlex.join(args)}: {result.output}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ban", "whatsapp:1"],
+        ["set", "WhatsApp:1", "3"],
+        ["show", "irc:nick"],
+        ["set", "--group", "matrix:1", "2"],
+        ["log", "whatsapp:1"],
+    ],
+)
+def test_unknown_platforms_are_refused_with_the_known_ones_named(
+    config: Path, args: list[str]
+) -> None:
+    code, out = quota(config, *args)
+    assert code == 1
+    platform = next(a for a in args if ":" in a).split(":")[0].lower()
+    assert out == f"error: {texts.unknown_platform(platform, PLATFORMS)}\n"

@@ -19,12 +19,15 @@ from telegram.error import BadRequest
 
 from bots import texts
 from bots.config import Settings
+from bots.refusals import RefusalKind, Refused
 from bots.service import Toon, ToonService
+from bots.targets import PLATFORMS
+from bots.telegram import replies as telegram_replies
 from bots.telegram.adapter import TelegramAdapter
 from inference.pipeline import Toonifier
 from storage import Admitted, JobStatus, NewJob, Store, UserRef
 from tests.fakes.server import Call
-from tests.fakes.telegram import FakeTelegram, buttons, replies_to
+from tests.fakes.telegram import BOT_USERNAME, FakeTelegram, buttons, replies_to
 from tests.support.service_fixtures import cat_jpeg, face_jpeg, settings, tiny_app
 from tests.support.tiny_toonify import PSP_STYLE, write_psp_style
 
@@ -124,17 +127,6 @@ async def test_command_menu_is_registered(
     async with running(fake_telegram, tmp_path, toonifier):
         pass
     assert [c["command"] for c in fake_telegram.commands] == [c for c, _ in texts.COMMANDS]
-
-
-async def test_image_document_gets_a_toon(
-    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
-) -> None:
-    ada = fake_telegram.user(ADA)
-    chat = fake_telegram.private_chat(ada)
-    image = fake_telegram.add_file(SELFIE, mime_type="image/jpeg", file_name="me.jpg")
-    async with running(fake_telegram, tmp_path, toonifier):
-        sent = fake_telegram.push_message(chat, ada, document=image)
-        await fake_telegram.wait_for("sendPhoto", replies_to(sent), within=30)
 
 
 async def test_not_an_image_is_refused_before_download(
@@ -243,7 +235,7 @@ async def test_a_one_rendering_style_offers_no_strengths_and_never_fails_on_one(
         less = psp["callback_data"].replace("style:psp", "less")
         fake_telegram.push_callback(ada, toon.result, less)
         again = await fake_telegram.wait_for("editMessageMedia", after=mark, within=30)
-    assert edit.params["media"]["caption"] == texts.caption("pSp", 32, 1, [])
+    assert edit.params["media"]["caption"] == texts.caption("pSp", 1, 1, 1, [])
     assert texts.LESS_TOON not in labels(edit) and texts.MORE_TOON not in labels(edit)
     assert again.params["media"]["caption"] == edit.params["media"]["caption"]
     internal = texts.internal_error("ID").removesuffix("ID")
@@ -316,7 +308,7 @@ async def test_admin_commands_are_refused_to_others(
         unbanned = await ask(fake_telegram, admin_chat, admin, "/admin unban 7")
         assert "active" in unbanned.params["text"]
         stats = await ask(fake_telegram, admin_chat, admin, "/admin stats")
-        assert stats.params["text"].startswith("Today: 1 toons")
+        assert stats.params["text"].startswith("Today: 1 toon by 1 user, 0 failed.")
 
 
 async def test_forget_asks_first(
@@ -523,3 +515,151 @@ async def test_resume_settles_every_job_when_telegram_refuses_the_notices(
     assert done is not None and done.status is JobStatus.DONE
     assert gone is not None and (gone.status, gone.refunded) == (JobStatus.FAILED, True)
     assert (await used(tmp_path, BOB), await used(tmp_path, ADA)) == (1, 0)
+
+
+async def test_a_press_by_someone_else_in_a_group_is_an_alert_and_nothing_in_the_chat(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada, bob = fake_telegram.user(ADA), fake_telegram.user(BOB)
+    group = fake_telegram.group_chat()
+    async with running(fake_telegram, tmp_path, toonifier):
+        photo = fake_telegram.push_message(
+            group, ada, photo=fake_telegram.add_file(SELFIE), caption="/toonify"
+        )
+        toon = await fake_telegram.wait_for("sendPhoto", replies_to(photo), within=30)
+        await fake_telegram.wait_for("deleteMessage")  # the status made way for the toon
+        mark = fake_telegram.mark()
+        more = next(b for b in buttons(toon) if b["text"] == texts.MORE_TOON)
+        query = fake_telegram.push_callback(bob, toon.result, more["callback_data"])
+        alert = await fake_telegram.wait_for("answerCallbackQuery", after=mark)
+        # Ada's own press afterwards still works: Bob's changed nothing.
+        fake_telegram.push_callback(ada, toon.result, more["callback_data"])
+        edit = await fake_telegram.wait_for("editMessageMedia", after=mark, within=30)
+    assert alert.params["callback_query_id"] == query
+    assert alert.params["show_alert"] is True
+    assert alert.params["text"] == texts.NOT_YOURS
+    in_chat = ("sendMessage", "sendPhoto", "sendDocument", "editMessageText")
+    assert not [c for c in fake_telegram.calls[mark:] if c.name in in_chat]
+    assert [c.params["message_id"] for c in fake_telegram.calls_of("editMessageMedia")] == [
+        edit.params["message_id"]
+    ]
+
+
+async def test_help_in_a_group_explains_the_group_triggers(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    group, private = fake_telegram.group_chat(), fake_telegram.private_chat(ada)
+    async with running(fake_telegram, tmp_path, toonifier):
+        helped = await ask(fake_telegram, group, ada, "/help")
+        started = await ask(fake_telegram, group, ada, "/start")
+        alone = await ask(fake_telegram, private, ada, "/help")
+    assert helped.params["text"] == started.params["text"] == texts.group_help(BOT_USERNAME)
+    for trigger in ("/toonify in its caption", "reply /toonify", f"@{BOT_USERNAME}"):
+        assert trigger in helped.params["text"]
+    assert alone.params["text"] == texts.HELP
+
+
+async def test_refusals_that_need_no_bytes_download_nothing_and_show_no_chat_action(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    """Over quota and banned: set by an admin for users the bot has never seen."""
+    admin, bob, cid = (
+        fake_telegram.user(ADMIN, "Root"),
+        fake_telegram.user(BOB),
+        fake_telegram.user(9),
+    )
+    admin_chat = fake_telegram.private_chat(admin)
+    chats = {BOB: fake_telegram.private_chat(bob), 9: fake_telegram.private_chat(cid)}
+    async with running(fake_telegram, tmp_path, toonifier):
+        set_quota = await ask(fake_telegram, admin_chat, admin, f"/admin quota {BOB} 0")
+        banned = await ask(fake_telegram, admin_chat, admin, "/admin ban 9")
+        refusals = {}
+        for user_id, user in ((BOB, bob), (9, cid)):
+            photo = fake_telegram.push_message(
+                chats[user_id], user, photo=fake_telegram.add_file(SELFIE)
+            )
+            refusals[user_id] = await fake_telegram.wait_for("sendMessage", replies_to(photo))
+    assert set_quota.params["text"].startswith(f"telegram:{BOB}: active, daily quota 0 (user)")
+    assert banned.params["text"].startswith("telegram:9: banned")
+    assert refusals[BOB].params["text"].startswith("You've used all your toons")
+    assert refusals[9].params["text"] == texts.BANNED
+    assert not fake_telegram.calls_of("getFile", "download", "sendChatAction")
+
+
+async def test_admin_answers_name_the_user_and_refuse_unknown_platforms(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    admin, bob = fake_telegram.user(ADMIN, "Root"), fake_telegram.user(BOB, "Bobby")
+    group = fake_telegram.group_chat()
+    async with running(fake_telegram, tmp_path, toonifier):
+        said = fake_telegram.push_message(group, bob, text="spam spam")
+        mark = fake_telegram.mark()
+        fake_telegram.push_message(group, admin, text="/admin ban", reply_to=said)
+        named = await fake_telegram.wait_for("sendMessage", after=mark)
+        elsewhere = await ask(fake_telegram, group, admin, "/admin ban whatsapp:1")
+    assert named.params["text"].startswith(f"telegram:{BOB} (Bobby): banned")
+    assert elsewhere.params["text"] == texts.unknown_platform("whatsapp", PLATFORMS)
+
+
+async def test_jobs_running_in_one_chat_share_one_chat_action_loop(
+    fake_telegram: FakeTelegram,
+    tmp_path: Path,
+    toonifier: Toonifier,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Renewed once an hour here, one loop sends one chat action, however many jobs run; a job
+    waiting in line adds none, and the loop starts again for a job after the last one ended."""
+    monkeypatch.setattr(telegram_replies, "CHAT_ACTION_EVERY", 3600.0)
+    ada = fake_telegram.user(ADA)
+    group = fake_telegram.group_chat()
+    photos = [fake_telegram.push_message(group, ada, photo=fake_telegram.add_file(SELFIE))]
+    photos += [fake_telegram.push_message(group, ada, text=str(n)) for n in range(3)]
+    refs = [{"chat_id": group["id"], "message_id": p["message_id"], "file_id": "-"} for p in photos]
+    async with running(fake_telegram, tmp_path, toonifier) as bot:
+        first, second, waiting, later = (bot.reply_for(ref) for ref in refs)
+        await waiting.queued("Found 1 face, you're #3 in line (about 1 min).")
+        await first.started()
+        await second.started()
+        await fake_telegram.wait_for("sendChatAction")
+        await first.fail(Refused(RefusalKind.NO_FACE, texts.NO_FACE))
+        await second.fail(Refused(RefusalKind.NO_FACE, texts.NO_FACE))
+        mark = fake_telegram.mark()
+        await later.started()
+        await fake_telegram.wait_for("sendChatAction", after=mark)
+        await later.fail(Refused(RefusalKind.NO_FACE, texts.NO_FACE))
+    actions = fake_telegram.calls_of("sendChatAction")
+    assert len(actions) == 2
+    assert {c.params["chat_id"] for c in actions} == {group["id"]}
+    assert actions[1].at > fake_telegram.calls[mark - 1].at
+
+
+async def test_an_image_sent_as_a_file_gets_its_toon_as_a_file_of_the_same_family(
+    fake_telegram: FakeTelegram, tmp_path: Path, toonifier: Toonifier
+) -> None:
+    ada = fake_telegram.user(ADA)
+    chat = fake_telegram.private_chat(ada)
+    png = io.BytesIO()
+    Image.open(io.BytesIO(SELFIE)).save(png, "PNG")
+    as_png = fake_telegram.add_file(png.getvalue(), mime_type="image/png", file_name="me.png")
+    as_jpeg = fake_telegram.add_file(SELFIE, mime_type="image/jpeg", file_name="me.jpg")
+    async with running(fake_telegram, tmp_path, toonifier, quota={"daily": 5}):
+        sent_png = fake_telegram.push_message(chat, ada, document=as_png)
+        toon_png = await fake_telegram.wait_for("sendDocument", replies_to(sent_png), within=30)
+        sent_jpeg = fake_telegram.push_message(chat, ada, document=as_jpeg)
+        toon_jpeg = await fake_telegram.wait_for("sendDocument", replies_to(sent_jpeg), within=30)
+        faces = next(b for b in buttons(toon_png) if b["text"] == texts.FACES_ONLY)
+        fake_telegram.push_callback(ada, toon_png.result, faces["callback_data"])
+        edit = await fake_telegram.wait_for("editMessageMedia", within=30)
+    assert not fake_telegram.calls_of("sendPhoto")
+    upload = toon_png.files["document"]
+    assert upload.filename.endswith(".png")
+    with Image.open(io.BytesIO(upload.data)) as image, Image.open(png) as original:
+        assert (image.format, image.size) == ("PNG", original.size)  # full size, lossless
+    upload = toon_jpeg.files["document"]
+    assert upload.filename.endswith(".jpg")
+    with Image.open(io.BytesIO(upload.data)) as image:
+        assert (image.format, image.size) == ("JPEG", Image.open(io.BytesIO(SELFIE)).size)
+    assert edit.params["media"]["type"] == "document"
+    with Image.open(io.BytesIO(next(iter(edit.files.values())).data)) as faces_only:
+        assert faces_only.format == "PNG"

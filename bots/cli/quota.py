@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bots import texts
 from bots.cli.common import console, fail, settings
+from bots.targets import group_ref, user_ref
 from storage import (
     AdminInputError,
     AuditEntry,
@@ -112,7 +113,7 @@ def _print_status(status: QuotaStatus, zone: ZoneInfo) -> None:
 
 def _user_command(ctx: typer.Context, text: str, change: UserChange | None = None) -> None:
     """Apply `change` to a user, then print their quota and the admin actions on them."""
-    user = _parsed(UserRef.parse, text)
+    user = _parsed(user_ref, text)
 
     async def act(storage: Store) -> tuple[QuotaStatus, list[AuditEntry]]:
         if change is not None:
@@ -128,7 +129,7 @@ def _user_command(ctx: typer.Context, text: str, change: UserChange | None = Non
 
 def _group_command(ctx: typer.Context, text: str, change: GroupChange | None = None) -> None:
     """Apply `change` to a group, then print its default quota."""
-    group = _parsed(GroupRef.parse, text)
+    group = _parsed(group_ref, text)
 
     async def act(storage: Store) -> int | None:
         if change is not None:
@@ -225,6 +226,6 @@ def log(
     limit: Annotated[int, typer.Option(min=1, help="How many entries, newest first.")] = 50,
 ) -> None:
     """The audit log of admin actions: who changed what for whom, and when."""
-    target = None if user is None else _parsed(UserRef.parse, user)
+    target = None if user is None else _parsed(user_ref, user)
     entries = _with_storage(ctx, lambda s: s.admin.audit_log(target=target, limit=limit))
     _print_log(entries, ZoneInfo(settings(ctx).quota.timezone), title="Admin actions")

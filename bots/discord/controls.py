@@ -1,10 +1,12 @@
-"""The controls under a posted toon: Less toon, More toon, Delete and a style menu.
+"""The controls under a posted toon (Less toon, More toon, Faces only or Whole photo, Delete
+and a style menu) and under /forget's question (Yes, delete / No, keep).
 
-Each is a persistent `discord.ui.DynamicItem`: its custom id carries the result id and the
+Each is a persistent `discord.ui.DynamicItem`: its custom id carries what it acts on and the
 requester, and its template is the one parser of that id, so a press works after a restart
 too. Each item lets only the requester press it (`interaction_check`) and acts itself:
-Delete takes the toon down; the others re-render it in place from the faces the service keeps
-in memory (for `worker.cache_ttl` seconds; later the press is answered that the toon is old).
+Delete takes the toon down; the toon's others re-render it in place from the faces the service
+keeps in memory (for `worker.cache_ttl` seconds; later the press is answered that the toon is
+old); the forget buttons delete everything stored about the requester, or nothing.
 """
 
 from __future__ import annotations
@@ -23,20 +25,31 @@ from bots.service import Refused, Toon
 Button = discord.ui.Button[discord.ui.View]
 Select = discord.ui.Select[discord.ui.View]
 
-_STRENGTH_ID = r"toon:(?P<change>less|more):(?P<result>[^:]+):(?P<owner>\d+)"
+# A change to a toon, in the service's words: a step less or more toon, its faces only or the
+# whole photo again.
+_CHANGE_ID = r"toon:(?P<change>less|more|faces|photo):(?P<result>[^:]+):(?P<owner>\d+)"
 _DELETE_ID = r"toon:delete:(?P<result>[^:]+):(?P<owner>\d+)"
 _STYLE_ID = r"toon:style:(?P<result>[^:]+):(?P<owner>\d+)"
-_STRENGTHS = {
+_FORGET_ID = r"forget:(?P<answer>yes|no):(?P<owner>\d+)"
+_CHANGES = {
     "less": (texts.LESS_TOON, discord.ButtonStyle.secondary),
     "more": (texts.MORE_TOON, discord.ButtonStyle.primary),
+    "faces": (texts.FACES_ONLY, discord.ButtonStyle.secondary),
+    "photo": (texts.WHOLE_PHOTO, discord.ButtonStyle.secondary),
+}
+_FORGET = {
+    "yes": (texts.FORGET_YES, discord.ButtonStyle.danger),
+    "no": (texts.FORGET_NO, discord.ButtonStyle.secondary),
 }
 
 
 def toon_view(toon: Toon, owner_id: int) -> discord.ui.View:
     """The controls of a freshly delivered toon (a style menu only with two styles or more)."""
     view = discord.ui.View(timeout=None)
-    view.add_item(StrengthButton("less", toon.result_id, owner_id, disabled=not toon.can_less))
-    view.add_item(StrengthButton("more", toon.result_id, owner_id, disabled=not toon.can_more))
+    view.add_item(ChangeButton("less", toon.result_id, owner_id, disabled=not toon.can_less))
+    view.add_item(ChangeButton("more", toon.result_id, owner_id, disabled=not toon.can_more))
+    shown = "photo" if toon.faces_only else "faces"
+    view.add_item(ChangeButton(shown, toon.result_id, owner_id, disabled=False))
     view.add_item(DeleteButton(toon.result_id, owner_id))
     if len(toon.styles) > 1:
         view.add_item(StyleSelect(toon.result_id, owner_id, toon.styles, toon.style))
@@ -51,11 +64,20 @@ async def _pressed_by(interaction: discord.Interaction, owner_id: int, refusal: 
     return False
 
 
-class StrengthButton(discord.ui.DynamicItem[Button], template=_STRENGTH_ID):
-    """The same faces a step less or more toon."""
+def forget_view(owner_id: int) -> discord.ui.View:
+    """Yes or no to /forget's question."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(ForgetButton("yes", owner_id))
+    view.add_item(ForgetButton("no", owner_id))
+    return view
+
+
+class ChangeButton(discord.ui.DynamicItem[Button], template=_CHANGE_ID):
+    """The same faces a step less or more toon, or the toon faces alone, or the whole photo
+    again (as Telegram's buttons do)."""
 
     def __init__(self, change: str, result_id: str, owner_id: int, *, disabled: bool) -> None:
-        label, style = _STRENGTHS[change]
+        label, style = _CHANGES[change]
         custom_id = f"toon:{change}:{result_id}:{owner_id}"
         super().__init__(
             Button(label=label, style=style, custom_id=custom_id, disabled=disabled, row=0)
@@ -65,7 +87,7 @@ class StrengthButton(discord.ui.DynamicItem[Button], template=_STRENGTH_ID):
     @classmethod
     async def from_custom_id(
         cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> StrengthButton:
+    ) -> ChangeButton:
         return cls(match["change"], match["result"], int(match["owner"]), disabled=False)
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
@@ -135,7 +157,41 @@ class StyleSelect(discord.ui.DynamicItem[Select], template=_STYLE_ID):
         await _rerender(interaction, self.result_id, f"style:{style}")
 
 
-CONTROLS = (StrengthButton, DeleteButton, StyleSelect)
+class ForgetButton(discord.ui.DynamicItem[Button], template=_FORGET_ID):
+    """/forget's answer: everything the bot stores about the requester deleted, or nothing."""
+
+    def __init__(self, answer: str, owner_id: int) -> None:
+        label, style = _FORGET[answer]
+        custom_id = f"forget:{answer}:{owner_id}"
+        super().__init__(Button(label=label, style=style, custom_id=custom_id))
+        self.answer, self.owner_id = answer, owner_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> ForgetButton:
+        return cls(match["answer"], int(match["owner"]))
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return await _pressed_by(interaction, self.owner_id, texts.NOT_YOUR_BUTTON)
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        """The question becomes the answer, without buttons to press again."""
+        if self.answer == "no":
+            await interaction.response.edit_message(content=texts.FORGET_KEPT, view=None)
+            return
+        await interaction.response.defer()
+        client = client_of(interaction)
+        try:
+            with refusing("a Discord /forget"):
+                await client.service.forget(client.requester(interaction.user, None))
+            said = texts.FORGOTTEN
+        except Refused as refused:
+            said = refused.text
+        await interaction.edit_original_response(content=clip(said), view=None)
+
+
+CONTROLS = (ChangeButton, DeleteButton, StyleSelect, ForgetButton)
 
 
 async def _rerender(interaction: discord.Interaction, result_id: str, change: str) -> None:

@@ -63,6 +63,9 @@ class InteractionReply:
     async def queued(self, text: str) -> None:
         await self.progress(text)
 
+    async def started(self) -> None:
+        """The status already says where the job stands."""
+
     async def progress(self, text: str) -> None:
         await self._acknowledged.wait()
         async with self._lock:
@@ -154,6 +157,9 @@ class ChannelReply:
     async def queued(self, text: str) -> None:
         self._news()
         await self.progress(text)
+
+    async def started(self) -> None:
+        """The status (in a DM) already says where the job stands."""
 
     async def progress(self, text: str) -> None:
         if not self._private:

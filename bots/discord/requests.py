@@ -64,7 +64,7 @@ async def toonify(
     interaction: discord.Interaction[ToonifyClient],
     attachment: discord.Attachment | None,
     style: str | None,
-    strength: int | None,
+    level: int | None,
     *,
     source: discord.Message | None,
 ) -> None:
@@ -74,7 +74,8 @@ async def toonify(
     try:
         if attachment is None:
             raise Refused(RefusalKind.NOT_IMAGE, texts.DISCORD_NO_IMAGE)
-        client.service.choose(style, strength)  # a choice of /toonify may be another style's
+        # A level of /toonify may be one the chosen style lacks.
+        style, strength = client.service.choose_level(style, level)
         who = client.requester(interaction.user, interaction.guild_id)
         ref = job_ref(
             interaction.user,

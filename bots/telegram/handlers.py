@@ -23,7 +23,7 @@ from telegram.ext import (
 )
 
 from bots import texts
-from bots.adapter import internal_error
+from bots.adapter import internal_error, refusing
 from bots.service import Refused, ToonService
 from bots.telegram.controls import FORGET_NO, FORGET_YES, RERENDER, forget_keyboard
 from bots.telegram.requests import Requests, caption_asks_bot, media_of
@@ -96,8 +96,12 @@ class Handlers:
     # ---- commands and messages -------------------------------------------------------------
 
     async def help(self, update: Update, context: Context) -> None:
-        """What the bot does, and its privacy promise."""
-        await _message(update).reply_text(texts.HELP)
+        """What the bot does, and its privacy promise; in a group, how to ask it there."""
+        message = _message(update)
+        if message.chat.type == ChatType.PRIVATE:
+            await message.reply_text(texts.HELP)
+        else:
+            await message.reply_text(texts.group_help(context.bot.username))
 
     async def not_image(self, update: Update, context: Context) -> None:
         """Videos, stickers and voice notes are not photos; say so."""
@@ -128,16 +132,19 @@ class Handlers:
         args = list(context.args or [])
         action = args.pop(0).lower() if args else ""
         replied = message.reply_to_message
+        replied_to = replied.from_user if replied is not None else None
         target_missing = action in ADMIN_ARITY and len(args) < ADMIN_ARITY[action]
-        if target_missing and replied is not None and replied.from_user is not None:
-            args.insert(0, str(replied.from_user.id))
+        if target_missing and replied_to is not None:
+            args.insert(0, str(replied_to.id))
         if action not in ADMIN_ARITY or len(args) != ADMIN_ARITY[action]:
             await message.reply_text(texts.ADMIN_USAGE)
             return
         target = args[0] if args else None
         value = args[1] if len(args) > 1 else None
+        named = replied_to is not None and target == str(replied_to.id)
+        name = replied_to.full_name if replied_to is not None and named else None
         try:
-            said = await self._service.admin(who, action, target, value)
+            said = await self._service.admin(who, action, target, value, name=name)
         except Refused as refused:
             said = refused.text
         await message.reply_text(said)
@@ -166,14 +173,21 @@ class Handlers:
     # ---- button presses --------------------------------------------------------------------
 
     async def rerender(self, update: Update, context: Context) -> None:
-        """Answer the press at once; the new toon replaces the old one when it is drawn."""
+        """Answer the press at once; the new toon replaces the old one when it is drawn.
+        Anyone but the requester gets an alert only they see, and the chat stays as it was."""
         query, match = _pressed(update, context)
         message = query.message
         if not isinstance(message, Message):
             await answer(query, texts.EXPIRED)
             return
-        await answer(query)
         who = self._requests.requester(query.from_user, message.chat)
+        try:
+            with refusing("a Telegram button press"):
+                await self._service.check_owner(who, match["result"])
+        except Refused as refused:
+            await answer(query, refused.text)
+            return
+        await answer(query)
         self._requests.rerender(who, message, match["result"], match["change"])
 
     async def forget_confirmed(self, update: Update, context: Context) -> None:

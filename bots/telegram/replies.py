@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 import io
 import logging
+from collections import Counter
 
 from PIL import Image
-from telegram import Bot, InputMediaPhoto, ReplyParameters
+from telegram import Bot, InputMediaDocument, InputMediaPhoto, ReplyParameters
 from telegram.constants import ChatAction, FileSizeLimit
 from telegram.error import BadRequest, TelegramError
 
@@ -54,29 +55,58 @@ def _not_modified(error: BadRequest) -> bool:
 
 
 class ChatActions:
-    """Keeps "sending a photo…" showing in a chat until stopped; failures only cost the hint."""
+    """Keeps "sending a photo…" showing in each chat while any of its jobs is running: one loop
+    per chat however many run there at once, stopped when the last one is done. Failures only
+    cost the hint."""
 
-    def __init__(self, bot: Bot, chat_id: int, background: Background) -> None:
+    def __init__(self, bot: Bot, background: Background) -> None:
         self._bot = bot
-        self._chat_id = chat_id
         self._background = background
-        self._task: asyncio.Task[None] | None = None
+        self._running: Counter[int] = Counter()
+        self._loops: dict[int, asyncio.Task[None]] = {}
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = self._background.run(self._run(), name=f"chat-action-{self._chat_id}")
+    def hold(self, chat_id: int) -> None:
+        """One more job of the chat is running."""
+        self._running[chat_id] += 1
+        if chat_id not in self._loops:
+            work = self._run(chat_id)
+            self._loops[chat_id] = self._background.run(work, name=f"chat-action-{chat_id}")
 
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+    def release(self, chat_id: int) -> None:
+        """One job of the chat is done."""
+        self._running[chat_id] -= 1
+        if self._running[chat_id] <= 0:
+            del self._running[chat_id]
+            loop = self._loops.pop(chat_id, None)
+            if loop is not None:
+                loop.cancel()
 
-    async def _run(self) -> None:
+    async def _run(self, chat_id: int) -> None:
         while True:
             try:
-                await self._bot.send_chat_action(self._chat_id, ChatAction.UPLOAD_PHOTO)
+                await self._bot.send_chat_action(chat_id, ChatAction.UPLOAD_PHOTO)
             except TelegramError as exc:
                 log.debug("chat action failed: %s", exc)
             await asyncio.sleep(CHAT_ACTION_EVERY)
+
+
+class Running:
+    """One job's share of its chat's actions: held while it runs, released once."""
+
+    def __init__(self, actions: ChatActions, chat_id: int) -> None:
+        self._actions = actions
+        self._chat_id = chat_id
+        self._held = False
+
+    def start(self) -> None:
+        if not self._held:
+            self._held = True
+            self._actions.hold(self._chat_id)
+
+    def stop(self) -> None:
+        if self._held:
+            self._held = False
+            self._actions.release(self._chat_id)
 
 
 class StatusReply:
@@ -84,29 +114,32 @@ class StatusReply:
 
     The toon and any refusal reply to the photo; the status message is deleted once the job is
     done, so the chat keeps only the photo and its toon. Progress waits for the ticket ("Found
-    2 faces, you're #2 in line") so that it is always the first status shown.
+    2 faces, you're #2 in line") so that it is always the first status shown. A photo sent as
+    a file gets its toon as a file (full size, no recompression by Telegram).
     """
 
-    def __init__(self, bot: Bot, chat_id: int, photo_id: int, actions: ChatActions) -> None:
+    def __init__(
+        self, bot: Bot, chat_id: int, photo_id: int, running: Running, *, as_document: bool
+    ) -> None:
         self._bot = bot
         self._chat_id = chat_id
         self._photo_id = photo_id
-        self._actions = actions
+        self._running = running
+        self._as_document = as_document
         self._ticketed = False
         self._status_id: int | None = None
         self._finished = False
         self._lock = asyncio.Lock()
 
-    def working(self) -> None:
-        """Show a chat action until the toon or a refusal is sent."""
+    async def started(self) -> None:
+        """The job left the line: show the chat action until the toon or a refusal is sent."""
         if not self._finished:
-            self._actions.start()
+            self._running.start()
 
     async def progress(self, text: str) -> None:
         async with self._lock:
             if self._finished or not self._ticketed:
                 return
-            self.working()
             try:
                 await self._show(text)
             except TelegramError as exc:
@@ -117,13 +150,22 @@ class StatusReply:
         async with self._lock:
             self._ticketed = True
             if not self._finished:
-                self.working()
                 await self._show(text)
 
     async def deliver(self, toon: Toon) -> None:
         """Returns once Telegram has the toon; raises when it refused it for good."""
         async with self._lock:
             self._finish()
+            if self._as_document:
+                await self._bot.send_document(
+                    self._chat_id,
+                    io.BytesIO(toon.image),
+                    filename=toon.filename,
+                    caption=toon.caption,
+                    reply_markup=toon_keyboard(toon),
+                    reply_parameters=self._to_photo(),
+                )
+                return
             await self._bot.send_photo(
                 self._chat_id,
                 await _photo(toon),
@@ -147,7 +189,7 @@ class StatusReply:
 
     def _finish(self) -> None:
         self._finished = True
-        self._actions.stop()
+        self._running.stop()
 
     def _to_photo(self) -> ReplyParameters:
         return ReplyParameters(self._photo_id, allow_sending_without_reply=True)
@@ -169,22 +211,29 @@ class StatusReply:
 
 
 class RerenderReply:
-    """A button press: the toon message's photo, caption and buttons are replaced in place."""
+    """A button press: the toon message's image, caption and buttons are replaced in place,
+    as a photo or as a file, whichever the toon was sent as."""
 
-    def __init__(self, bot: Bot, chat_id: int, toon_id: int, actions: ChatActions) -> None:
+    def __init__(self, bot: Bot, chat_id: int, toon_id: int, *, as_document: bool) -> None:
         self._bot = bot
         self._chat_id = chat_id
         self._toon_id = toon_id
-        self._actions = actions
+        self._as_document = as_document
 
     async def progress(self, text: str) -> None:
-        self._actions.start()
+        """Re-renders are short and the press was answered: no status to show."""
 
     async def deliver(self, toon: Toon) -> None:
-        self._actions.stop()
-        photo = await _photo(toon)
+        media: InputMediaDocument | InputMediaPhoto
+        if self._as_document:
+            image = io.BytesIO(toon.image)
+            media = InputMediaDocument(image, caption=toon.caption, filename=toon.filename)
+        else:
+            media = InputMediaPhoto(
+                await _photo(toon), caption=toon.caption, filename=toon.filename
+            )
         await self._bot.edit_message_media(
-            InputMediaPhoto(photo, caption=toon.caption, filename=toon.filename),
+            media,
             chat_id=self._chat_id,
             message_id=self._toon_id,
             reply_markup=toon_keyboard(toon),
@@ -192,7 +241,6 @@ class RerenderReply:
 
     async def fail(self, error: Refused) -> None:
         """Say why under the toon; buttons whose latents are gone are taken away."""
-        self._actions.stop()
         if error.kind == RefusalKind.EXPIRED:
             with contextlib.suppress(BadRequest):
                 await self._bot.edit_message_reply_markup(self._chat_id, self._toon_id)
@@ -208,14 +256,12 @@ class Replies:
 
     def __init__(self, bot: Bot, background: Background) -> None:
         self._bot = bot
-        self._background = background
+        self._actions = ChatActions(bot, background)
 
-    def status(self, chat_id: int, photo_id: int) -> StatusReply:
+    def status(self, chat_id: int, photo_id: int, *, as_document: bool) -> StatusReply:
         """For a request made with the photo `photo_id`, new or resumed after a restart."""
-        return StatusReply(self._bot, chat_id, photo_id, self._actions(chat_id))
+        running = Running(self._actions, chat_id)
+        return StatusReply(self._bot, chat_id, photo_id, running, as_document=as_document)
 
-    def rerender(self, chat_id: int, toon_id: int) -> RerenderReply:
-        return RerenderReply(self._bot, chat_id, toon_id, self._actions(chat_id))
-
-    def _actions(self, chat_id: int) -> ChatActions:
-        return ChatActions(self._bot, chat_id, self._background)
+    def rerender(self, chat_id: int, toon_id: int, *, as_document: bool) -> RerenderReply:
+        return RerenderReply(self._bot, chat_id, toon_id, as_document=as_document)

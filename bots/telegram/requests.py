@@ -19,6 +19,7 @@ from telegram.error import TelegramError
 from bots.adapter import Background, refusing
 from bots.service import Refused, Requester, ToonService, Upload
 from bots.telegram.replies import Replies, RerenderReply, StatusReply
+from bots.toons import ImageFormat, same_family
 
 log = logging.getLogger(__name__)
 
@@ -87,25 +88,35 @@ class Requests:
         assert found is not None and asked.from_user is not None
         file_id, upload = found
         who = self.requester(asked.from_user, asked.chat)
-        reply = self._replies.status(photo.chat_id, photo.message_id)
-        ref = {"chat_id": photo.chat_id, "message_id": photo.message_id, "file_id": file_id}
+        ref: dict[str, Any] = {
+            "chat_id": photo.chat_id,
+            "message_id": photo.message_id,
+            "file_id": file_id,
+        }
+        image_format = ImageFormat.JPEG
+        if photo.document is not None:
+            ref["document"] = True
+            image_format = same_family(upload.content_type)
+        reply = self.reply_for(ref)
         key = f"{PLATFORM}:{asked.chat_id}:{asked.message_id}"
         try:
             with refusing("a Telegram request"):
-                admitted = await self._service.admit(who, upload, reply, ref=ref, key=key)
+                await self._service.admit(
+                    who, upload, reply, ref=ref, key=key, image_format=image_format
+                )
         except Refused as refused:
             await reply.fail(refused)
-            return
-        if admitted is not None:
-            reply.working()
 
     def reply_for(self, ref: dict[str, Any]) -> StatusReply:
-        """How a job resumed after a restart answers: under its photo, as a new one would."""
-        return self._replies.status(int(ref["chat_id"]), int(ref["message_id"]))
+        """How a job answers: under its photo, as a photo, or as a file for a file."""
+        as_document = bool(ref.get("document", False))
+        chat_id, photo_id = int(ref["chat_id"]), int(ref["message_id"])
+        return self._replies.status(chat_id, photo_id, as_document=as_document)
 
     def rerender(self, who: Requester, toon: Message, result_id: str, change: str) -> None:
         """Re-render the toon `toon` shows, in the background; it is replaced when drawn."""
-        reply = self._replies.rerender(toon.chat_id, toon.message_id)
+        as_document = toon.document is not None
+        reply = self._replies.rerender(toon.chat_id, toon.message_id, as_document=as_document)
         self._background.run(self._rerender(who, result_id, reply, change))
 
     async def _rerender(

@@ -112,12 +112,16 @@ class RecordingReply:
     toons: list[Toon] = field(default_factory=list)
     failures: list[Refused] = field(default_factory=list)
     tidied: int = 0
+    starts: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     news: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def queued(self, text: str) -> None:
         self.queued_texts.append(text)
         self.news.set()
+
+    async def started(self) -> None:
+        self.starts += 1
 
     async def progress(self, text: str) -> None:
         self.progress_texts.append(text)
