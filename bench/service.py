@@ -47,7 +47,7 @@ class ServiceFigures:
     throughput: dict[int, list[float]]
 
 
-class _TimedEngine:
+class TimedEngine:
     """The real Toonifier, adding up the seconds its own calls take (and those its photos
     took in their prepare process)."""
 
@@ -87,7 +87,7 @@ class _TimedEngine:
         return self._timed(lambda: self._inner.rerender(finished, style, strength))
 
 
-def _config(folder: Path, steps: int, max_batch: int, jobs: int) -> Settings:
+def tiny_config(folder: Path, steps: int, max_batch: int, jobs: int) -> Settings:
     generator = Generator(TINY)
     save_generator(generator, folder / "ffhq.safetensors", source="bench")
     save_generator(generator, folder / "toon.safetensors", source="bench")
@@ -109,18 +109,18 @@ def _config(folder: Path, steps: int, max_batch: int, jobs: int) -> Settings:
     )
 
 
-def _photo() -> bytes:
+def astronaut_jpeg() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(data.astronaut()).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
 
 
-async def _app(
+async def embedded_app(
     folder: Path, steps: int, max_batch: int, jobs: int, photo: bytes
-) -> tuple[App, _TimedEngine]:
-    config = _config(folder, steps, max_batch, jobs)
+) -> tuple[App, TimedEngine]:
+    config = tiny_config(folder, steps, max_batch, jobs)
     toonifier = await asyncio.to_thread(Toonifier.from_config, config)
-    engine = _TimedEngine(toonifier)
+    engine = TimedEngine(toonifier)
     store = await Store.open(config.storage.url, config.quota)
     app = App(config, toonifier, store, engine=engine)
     app.service.register(PLATFORM, BenchPlatform(photo))
@@ -128,7 +128,7 @@ async def _app(
     return app, engine
 
 
-async def _one_by_one(app: App, engine: _TimedEngine, jobs: int) -> float:
+async def one_by_one(app: App, engine: TimedEngine, jobs: int) -> float:
     """Milliseconds per job outside the Toonifier, jobs sent one after another."""
     engine.seconds = 0.0
     start = time.perf_counter()
@@ -139,7 +139,7 @@ async def _one_by_one(app: App, engine: _TimedEngine, jobs: int) -> float:
     return 1000 * (time.perf_counter() - start - engine.seconds) / jobs
 
 
-async def _all_at_once(app: App, jobs: int) -> float:
+async def all_at_once(app: App, jobs: int) -> float:
     """Jobs per second with `jobs` users sending at the same moment."""
     replies = [BenchReply() for _ in range(jobs)]
     start = time.perf_counter()
@@ -149,17 +149,17 @@ async def _all_at_once(app: App, jobs: int) -> float:
 
 
 async def measure(jobs: int, runs: int, steps: int, batches: list[int]) -> ServiceFigures:
-    photo = _photo()
+    photo = astronaut_jpeg()
     overhead: list[float] = []
     throughput: dict[int, list[float]] = {batch: [] for batch in batches}
     for batch in batches:
         for _ in range(runs):
             with tempfile.TemporaryDirectory() as folder:
-                app, engine = await _app(Path(folder), steps, batch, jobs, photo)
+                app, engine = await embedded_app(Path(folder), steps, batch, jobs, photo)
                 try:
                     if batch == batches[0]:
-                        overhead.append(await _one_by_one(app, engine, jobs))
-                    throughput[batch].append(await _all_at_once(app, jobs))
+                        overhead.append(await one_by_one(app, engine, jobs))
+                    throughput[batch].append(await all_at_once(app, jobs))
                 finally:
                     await app.stop()
     return ServiceFigures(jobs, overhead, throughput)

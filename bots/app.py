@@ -18,10 +18,13 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from bots.adapter import Adapter
 from bots.config import Settings
@@ -29,8 +32,12 @@ from bots.metrics import Metrics
 from bots.ops import start_ops
 from bots.service import ToonService
 from bots.startup import StartupFault
+from inference.backend import InferenceBackend
+from inference.broker.client import RedisBackend
+from inference.catalog import describe_styles, face_resolution
+from inference.faces import make_detector
 from inference.invert_plan import log_expected_speed
-from inference.pipeline import Finished, Latents, Toonifier
+from inference.pipeline import Finished, Latents, StyleInfo, Toonifier
 from inference.prepare import Prepared
 from inference.prepare_pool import PoolStartError, PreparePool, PrepareSpec
 from inference.worker import Engine, Worker
@@ -64,29 +71,40 @@ class App:
         pool: PreparePool | None = None,
         engine: Engine[Prepared, Latents, Finished] | None = None,
     ) -> None:
-        self.config = config
         self.toonifier = toonifier
-        self.store = store
-        self.metrics = Metrics()
-        self.pool = pool or PreparePool(
+        pool = pool or PreparePool(
             PrepareSpec.of(toonifier.detector, config.faces, config.limits, toonifier.resolution),
             processes=config.worker.prepare_processes,
             timeout=config.limits.prepare_timeout,
         )
         self.worker = Worker(
             engine or toonifier,
-            self.pool,
+            pool,
             queue_size=config.worker.queue_size,
             max_batch=config.worker.max_batch,
             job_timeout=config.worker.job_timeout,
             cache_size=config.worker.cache_size,
             cache_ttl=config.worker.cache_ttl,
         )
+        self._compose(config, store, pool, self.worker, toonifier.styles, toonifier.default_style)
         self.metrics.watch_queue(lambda: self.worker.depth)
         self.metrics.watch_device(toonifier.device)
-        self.service = ToonService(
-            config, store, self.worker, toonifier.styles, toonifier.default_style, self.metrics
-        )
+
+    def _compose(
+        self,
+        config: Settings,
+        store: Store,
+        pool: PreparePool,
+        backend: InferenceBackend,
+        styles: Mapping[str, StyleInfo],
+        default_style: str,
+    ) -> None:
+        """What both kinds of application share: storage, the prepare pool, the service."""
+        self.config = config
+        self.store = store
+        self.pool = pool
+        self.metrics = Metrics()
+        self.service = ToonService(config, store, backend, styles, default_style, self.metrics)
         self._adapters: list[Adapter] = []
         self._ops: web.AppRunner | None = None
         self._purge: asyncio.Task[None] | None = None
@@ -101,9 +119,12 @@ class App:
             "adapters": [type(adapter).__name__ for adapter in self._adapters],
         }
 
+    async def _start_backend(self) -> None:
+        self.worker.start()
+
     async def start(self, adapters: list[Adapter]) -> None:
         """Each adapter registers itself with the service as it starts."""
-        self.worker.start()
+        await self._start_backend()
         try:
             await self.pool.start()
         except PoolStartError as exc:
@@ -147,6 +168,52 @@ class App:
             await asyncio.sleep(PURGE_EVERY)
 
 
+class BrokeredApp(App):
+    """`toonify run` with `broker.url`: the adapters and the service, no models. Photos are
+    prepared here (hostile files stay at the edge) and queued on Redis for `toonify worker`s;
+    the styles come from the configuration and the model files' headers."""
+
+    def __init__(self, config: Settings, store: Store, redis: Redis) -> None:
+        pool = PreparePool(
+            PrepareSpec.of(
+                make_detector(config.faces, "cpu"),
+                config.faces,
+                config.limits,
+                face_resolution(config.models),
+            ),
+            processes=config.worker.prepare_processes,
+            timeout=config.limits.prepare_timeout,
+        )
+        self.backend = RedisBackend(
+            redis,
+            pool,
+            queue_size=config.worker.queue_size,
+            max_batch=config.worker.max_batch,
+            cache_ttl=config.worker.cache_ttl,
+            claim_after=config.broker.claim_after,
+        )
+        styles = describe_styles(config.models, config.styles)
+        self._compose(config, store, pool, self.backend, styles, config.style)
+        self.metrics.watch_queue(lambda: self.backend.depth)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "ok": self.backend.alive,
+            "broker_alive": self.backend.alive,
+            "jobs_followed": self.backend.depth,
+            "prepare_processes": self.pool.size,
+            "adapters": [type(adapter).__name__ for adapter in self._adapters],
+        }
+
+    async def _start_backend(self) -> None:
+        try:
+            await self.backend.start()
+        except RedisError as exc:
+            raise StartupFault(
+                f"broker.url: Redis cannot be reached ({exc}); start it or fix the address"
+            ) from exc
+
+
 def make_adapters(config: Settings, service: ToonService) -> list[Adapter]:
     """The enabled chat adapters; imported here so a disabled platform costs nothing."""
     adapters: list[Adapter] = []
@@ -179,17 +246,30 @@ async def in_daemon_thread(work: Callable[[], T]) -> T:
 
 @contextlib.asynccontextmanager
 async def running_app(config: Settings) -> AsyncIterator[App]:
-    """Load models (off the event loop), open storage, start everything; stop on exit."""
-    log.info("loading models on %s", config.models.device)
-    toonifier = await in_daemon_thread(lambda: Toonifier.from_config(config))
-    await in_daemon_thread(lambda: log_expected_speed(toonifier, config.invert))
-    store = await Store.open(config.storage.url, config.quota)
-    app = App(config, toonifier, store)
+    """Load models (off the event loop) unless a broker's workers run them, open storage,
+    start everything; stop on exit."""
+    app: App
+    if config.broker.url:
+        log.info("jobs go to the workers behind %s", without_password(config.broker.url))
+        store = await Store.open(config.storage.url, config.quota)
+        app = BrokeredApp(config, store, Redis.from_url(config.broker.url))
+    else:
+        log.info("loading models on %s", config.models.device)
+        toonifier = await in_daemon_thread(lambda: Toonifier.from_config(config))
+        await in_daemon_thread(lambda: log_expected_speed(toonifier, config.invert))
+        store = await Store.open(config.storage.url, config.quota)
+        app = App(config, toonifier, store)
     try:
         await app.start(make_adapters(config, app.service))
         yield app
     finally:
         await app.stop()
+
+
+def without_password(url: str) -> str:
+    """A Redis URL fit for the log."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}:{parts.port or 6379}{parts.path}"
 
 
 class _Signals:
@@ -212,9 +292,13 @@ class _Signals:
             self.main.cancel()
 
 
-async def serve(config: Settings) -> None:
-    """Run until SIGINT or SIGTERM, then shut down cleanly; Interrupted if it came while
-    starting."""
+async def serve(
+    config: Settings,
+    running: Callable[[Settings], contextlib.AbstractAsyncContextManager[object]] = running_app,
+    name: str = "toonify-bot",
+) -> None:
+    """Run `running(config)` (the bot, or a worker) until SIGINT or SIGTERM, then shut down
+    cleanly; Interrupted if it came while starting."""
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
@@ -222,9 +306,9 @@ async def serve(config: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, signals)
     try:
-        async with running_app(config):
+        async with running(config):
             signals.running = True
-            log.info("toonify-bot is running")
+            log.info("%s is running", name)
             await signals.stop.wait()
             log.info("shutting down: finishing the running job, keeping the queue")
     except asyncio.CancelledError:

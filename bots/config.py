@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from inference.settings import (
+    BrokerSettings,
     FacesSettings,
     InvertSettings,
     LimitsSettings,
@@ -97,6 +98,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     invert: InvertSettings = Field(default_factory=InvertSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)

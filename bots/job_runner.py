@@ -106,7 +106,6 @@ class JobRunner:
         self._views = views
         self._metrics = metrics
         self._progress_interval = config.worker.progress_interval
-        self._max_batch = max(1, config.worker.max_batch)
         self._sources: dict[str, JobSource] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._preparing: set[asyncio.Task[None]] = set()
@@ -196,7 +195,7 @@ class JobRunner:
             if task is not None:
                 self._preparing.discard(task)  # from here on, stopping lets the job finish
         self._metrics.accepted()
-        eta = handle.position * self._seconds_per_job / self._max_batch
+        eta = handle.position * self._seconds_per_job / handle.lanes
         await _best_effort(
             job.reply.queued(texts.queued(handle.faces, handle.position, eta)), job.id
         )

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from inference.memory import device_memory
 
 STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
 
 
 class Metrics:
@@ -63,6 +64,55 @@ class Metrics:
         self._jobs.labels(outcome).inc()
         for stage, seconds in timings.items():
             self._stages.labels(stage).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class WorkerMetrics:
+    """A `toonify worker`'s metrics: what it took from the queue and how each job ended."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._jobs = Counter(
+            "toonify_worker_jobs",
+            "Jobs and re-renders settled by this worker, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self._batches = Histogram(
+            "toonify_worker_batch_size",
+            "Entries taken from the queue in one read (at most worker.max_batch per stream).",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self._lag = Histogram(
+            "toonify_worker_queue_lag_seconds",
+            "Seconds the oldest entry of a read had waited on the queue.",
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self._held = Gauge(
+            "toonify_worker_jobs_held", "Jobs taken and not yet settled.", registry=self.registry
+        )
+        self._memory = Gauge(
+            "toonify_gpu_memory_bytes",
+            "Memory of the inference device: allocated and reserved; 0 on the CPU.",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def watch(self, device: torch.device, held: Callable[[], int]) -> None:
+        self._held.set_function(held)
+        self._memory.labels("allocated").set_function(lambda: device_memory(device).allocated)
+        self._memory.labels("reserved").set_function(lambda: device_memory(device).reserved)
+
+    def read(self, entries: int, lag: float) -> None:
+        self._batches.observe(entries)
+        self._lag.observe(max(lag, 0.0))
+
+    def finished(self, outcome: str) -> None:
+        self._jobs.labels(outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

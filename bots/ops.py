@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from bots.metrics import Metrics
+
+class Metrics(Protocol):
+    """A registry of metrics in Prometheus's text format (the bot's, or a worker's)."""
+
+    def render(self) -> bytes: ...
 
 
 def ops_app(metrics: Metrics, health: Callable[[], dict[str, Any]]) -> web.Application:

@@ -34,6 +34,8 @@ class Handle(Generic[T]):
     finished: asyncio.Future[T]
     """The result, or the error the job ended with (Cancelled, JobTimeout, OutOfMemory,
     NonFinite, ShuttingDown, or a bug)."""
+    lanes: int = 1
+    """Jobs that run at once (workers x batch): a place in line waits position / lanes jobs."""
 
 
 class InferenceBackend(Protocol):

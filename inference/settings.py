@@ -82,3 +82,12 @@ class WorkerSettings(Section):
     cache_size: PositiveInt = 256
     cache_ttl: float = Field(3600.0, gt=0)
     progress_interval: float = Field(3.0, gt=0)
+
+
+class BrokerSettings(Section):
+    # Empty: the embedded worker. redis://host:6379/0: `toonify run` queues jobs on a Redis
+    # Stream and `toonify worker` processes (any number, on any machine) run them.
+    url: str = Field("", pattern=r"^(|rediss?://.+)$")
+    # Seconds a job may sit with a worker that stopped answering before another worker takes
+    # it; running workers renew their claims well within it.
+    claim_after: float = Field(60.0, gt=0)

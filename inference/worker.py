@@ -174,6 +174,7 @@ class Worker(Generic[P, L, F]):
             position,
             self._loop.create_future(),
             self._loop.create_future(),
+            self._max_batch,
         )
         self._waiting.append(_Job(prepared, style, strength, on_progress or _ignore, handle))
         self._wakeup.set()
@@ -209,6 +210,10 @@ class Worker(Generic[P, L, F]):
 
     async def discard(self, job_id: str) -> None:
         self._cache.pop(job_id, None)
+
+    def keep(self, job_id: str, finished: F) -> None:
+        """Cache a job finished elsewhere, so that it can be re-rendered here."""
+        self._cache[job_id] = finished
 
     async def stop(self) -> None:
         """Stop accepting, let the running batch finish; the jobs still waiting end in

@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bots.cli import app
+from tests.support.servers import RedisServer
 
 
 @pytest.mark.parametrize(
@@ -30,3 +31,14 @@ def test_bench_commands_print_their_table(
     result = CliRunner().invoke(app, ["bench", *args])
     assert result.exit_code == 0, result.output
     assert expected in result.output
+
+
+def test_bench_broker_prints_its_table_with_worker_processes(
+    monkeypatch: pytest.MonkeyPatch, redis: RedisServer
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    args = ["--redis", redis.url, "--jobs", "2", "--runs", "1", "--steps", "1", "--workers", "1"]
+    result = CliRunner().invoke(app, ["bench", "broker", *args])
+    assert result.exit_code == 0, result.output
+    assert "through Redis" in result.output
+    assert "1 worker(s)" in result.output

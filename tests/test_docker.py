@@ -120,3 +120,17 @@ def test_the_health_check_probes_the_ops_endpoint_after_a_first_model_load() -> 
     # The first start downloads face-alignment's weights and blends every strength.
     start_period = re.search(r"--start-period=(\d+)m", check)
     assert start_period and int(start_period[1]) >= 10
+
+
+def test_compose_scales_out_with_redis_postgres_and_workers_that_run_the_worker_command() -> None:
+    services = compose()["services"]
+    worker = services["worker"]
+    assert worker["command"] == "worker"
+    assert "ports" not in worker  # `--scale worker=N` on one host: no port to collide on
+    assert "container_name" not in worker
+    assert worker["volumes"] == services["toonify"]["volumes"]
+    assert int(worker["stop_grace_period"].removesuffix("s")) > WorkerSettings().job_timeout
+    assert {"worker", "redis", "postgres"} <= set(services)
+    # The privacy default: Redis writes nothing of the photos it carries to disk.
+    assert services["redis"]["command"][1:] == ["--save", "", "--appendonly", "no"]
+    assert all(services[name]["profiles"] == ["scale"] for name in ("worker", "redis", "postgres"))

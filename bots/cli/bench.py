@@ -407,3 +407,37 @@ def service(
             f"{max(rates):.2f}",
         )
     console.print(table)
+
+
+@app.command("broker")
+def broker(
+    redis: Annotated[
+        str, typer.Option(help="Redis URL (flushed!); default: a redis-server of its own.")
+    ] = "",
+    jobs: Annotated[int, typer.Option(min=1, help="Jobs per run.")] = 12,
+    runs: Annotated[int, typer.Option(min=1, help="Runs; the table shows their median.")] = 3,
+    steps: Annotated[int, typer.Option(min=1, help="Inversion steps per job.")] = 20,
+    workers: Annotated[str, typer.Option(help="Numbers of `toonify worker`s to compare.")] = "1,2",
+) -> None:
+    """The broker's overhead per job and throughput by number of workers, on tiny models."""
+    from bench.broker import measure, redis_server
+    from bench.service import median
+
+    with redis_server(redis or None) as url:
+        figures = asyncio.run(measure(url, jobs, runs, steps, _ints(workers)))
+    table = Table(title=f"Broker: {jobs} jobs x {runs} runs, tiny 32 px models, {steps} steps")
+    table.add_column("measure")
+    table.add_column("median", justify="right")
+    table.add_column("min", justify="right")
+    table.add_column("max", justify="right")
+    rows = [
+        ("overhead per job, embedded (ms)", figures.embedded_ms),
+        ("overhead per job, through Redis (ms)", figures.brokered_ms),
+    ]
+    rows += [
+        (f"jobs/s, {jobs} users at once, {count} worker(s)", rates)
+        for count, rates in figures.throughput.items()
+    ]
+    for name, values in rows:
+        table.add_row(name, f"{median(values):.2f}", f"{min(values):.2f}", f"{max(values):.2f}")
+    console.print(table)

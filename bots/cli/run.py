@@ -1,4 +1,5 @@
-"""`toonify run`: start the bot; every fault that stops it is one line naming the fix."""
+"""`toonify run` (the bot) and `toonify worker` (inference behind a broker); every fault that
+stops either is one line naming the fix."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def _interrupted() -> NoReturn:
 
 
 def run(ctx: typer.Context) -> None:
-    """Start the enabled chat adapters and the GPU worker; stop cleanly on Ctrl-C or SIGTERM."""
+    """Start the enabled chat adapters and the GPU worker (or, with broker.url, only the
+    adapters: `toonify worker`s run the models); stop cleanly on Ctrl-C or SIGTERM."""
     config = settings(ctx)
     if not (config.telegram.enabled or config.discord.enabled):
         fail(
@@ -57,18 +59,38 @@ def run(ctx: typer.Context) -> None:
         )
     if missing := missing_tokens(config):
         fail(f"an enabled adapter has no token: set {' and '.join(missing)}")
+    _serve(ctx, config, worker=False)
+
+
+def worker(ctx: typer.Context) -> None:
+    """Load the models and run the jobs queued on broker.url (Redis); start as many as there
+    are GPUs. Stops cleanly on Ctrl-C or SIGTERM: what it took and had not started goes to
+    another worker."""
+    config = settings(ctx)
+    if not config.broker.url:
+        where = origin("broker.url", _config_file(ctx), os.environ)
+        fail(f"{where}: broker.url is empty: set it to the Redis the bot queues jobs on", code=2)
+    _serve(ctx, config, worker=True)
+
+
+def _serve(ctx: typer.Context, config: Settings, *, worker: bool) -> None:
     try:
-        from bots.app import Interrupted, serve
+        from bots.app import Interrupted, running_app, serve
         from bots.startup import StartupFault
+        from bots.worker_app import running_worker
         from inference.devices import device_problem
         from inference.errors import ModelLoadError
     except KeyboardInterrupt:
         _interrupted()
-    if problem := device_problem(config.models.device):
+    needs_models = worker or not config.broker.url
+    if needs_models and (problem := device_problem(config.models.device)):
         where = origin("models.device", _config_file(ctx), os.environ)
         fail(f"{where}: models.device {config.models.device!r}: {problem}", code=2)
     try:
-        asyncio.run(serve(config))
+        if worker:
+            asyncio.run(serve(config, running_worker, "toonify worker"))
+        else:
+            asyncio.run(serve(config, running_app))
     except (KeyboardInterrupt, Interrupted):
         _interrupted()
     except StartupFault as exc:

@@ -70,10 +70,12 @@ def _value(value: Any) -> str:
 class BotProcess:
     """`python -m tests.support.bot_process --config CONFIG run`, its stderr kept in a file."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, log: str = "bot.log"
+    ) -> None:
         self.config = config
         self.env = {**os.environ, **(env or {})}
-        self.log = config.parent / "bot.log"
+        self.log = config.parent / log
         self.process: subprocess.Popen[bytes] | None = None
         self._start_offset = 0
 
@@ -113,8 +115,8 @@ class BotProcess:
                     raise AssertionError(f"the bot exited before {text!r}:\n{self.output}")
                 await asyncio.sleep(0.1)
 
-    async def running(self) -> BotProcess:
-        await self.wait_for(RUNNING)
+    async def running(self, banner: str = RUNNING) -> BotProcess:
+        await self.wait_for(banner)
         return self
 
     def signal(self, sig: signal.Signals) -> float:
